@@ -1,0 +1,163 @@
+"""The ``mgsd`` command line: a thin layer over the library."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from mgsd import __version__
+
+# Modules that add their own sub-commands with ``add_parser(subparsers)``; optional ones are skipped
+# when not importable so a partial install still serves the rest.
+_PLUGINS = ("mgsd.models.cli",)
+
+
+def _print_metrics(m: dict) -> None:
+    def pct(x: float) -> str:
+        return f"{100 * x:5.1f}"
+
+    print(f"{'scope':<22}{'n':>6}  {'success':>7}  {'optimal':>7}  {'progress':>8}  {'invalid':>7}  {'parse_fail':>10}")
+    scopes = [(k, v) for k, v in m["by_task_level"].items()] + [(k, v) for k, v in m["by_task"].items()]
+    for name, v in scopes:
+        print(f"{name:<22}{v['n']:>6}  {pct(v['success']):>7}  {pct(v['optimal']):>7}  {pct(v['progress']):>8}  "
+              f"{pct(v['invalid']):>7}  {pct(v['parse_failure']):>10}")
+    mac, ci = m["macro"], m["macro"]["ci"]["success"]
+    print(f"{'macro (level-balanced)':<22}{m['n']:>6}  {pct(mac['success']):>7}  {pct(mac['optimal']):>7}  "
+          f"{pct(mac['progress']):>8}  {pct(mac['invalid']):>7}  {pct(mac['parse_failure']):>10}"
+          f"   success 95% CI [{pct(ci[0]).strip()}, {pct(ci[1]).strip()}]")
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from mgsd.data.generate import generate_dataset
+    from mgsd.tasks import get_task, parse_levels
+
+    task = get_task(args.task)
+    levels = parse_levels(task, args.levels)
+    if args.per_level < 1:
+        raise ValueError("--per-level must be at least 1")
+    path = generate_dataset(task, levels, args.per_level, split=args.split, seed=args.seed, out=args.out,
+                            exclude_dirs=args.exclude or ())
+    print(f"wrote {args.per_level * len(levels)} {task.name} samples ({args.split}) to {path}")
+    return 0
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    from mgsd.data.importers import import_visualplanning, import_vsp
+
+    if args.source == "vsp":
+        path = import_vsp(args.path, args.out)
+    else:
+        if not args.task:
+            raise ValueError("import visualplanning needs --task")
+        path = import_visualplanning(args.path, args.task, args.out)
+    print(f"wrote {path}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from mgsd.data.exporters import export_easyr1, export_llamafactory
+
+    if args.format == "llamafactory":
+        path = export_llamafactory(args.data, args.out)
+    else:
+        path = export_easyr1(args.data, args.out, with_plan=not args.no_plan)
+    print(f"wrote {path}")
+    return 0
+
+
+def _cmd_eval_plans(args: argparse.Namespace) -> int:
+    from mgsd.eval.plans import eval_plans
+
+    if (args.predictions is None) == (not args.oracle):
+        raise ValueError("give exactly one of --predictions FILE or --oracle")
+    metrics = eval_plans(args.data, args.out, args.predictions)
+    _print_metrics(metrics)
+    if metrics["missing_predictions"]:
+        print(f"note: {metrics['missing_predictions']} sample(s) had no prediction and count as parse failures")
+    print(f"wrote {Path(args.out) / 'metrics.json'} and samples.jsonl")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from mgsd.pipeline import run_benchmark
+
+    summary = run_benchmark(args.out, per_level=args.per_level, seed=args.seed)
+    for name, m in summary["models"].items():
+        print(f"\n== {name}")
+        _print_metrics(m)
+    print(f"\nwrote {Path(args.out) / 'summary.json'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mgsd", description=__doc__)
+    p.add_argument("--version", action="version", version=f"mgsd {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="generate, import and export datasets")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    g = dsub.add_parser("generate", help="generate a seeded, deduplicated dataset for one task")
+    g.add_argument("--task", required=True)
+    g.add_argument("--levels", default=None, help="e.g. 3-8 or 3,5 (default: all levels of the task)")
+    g.add_argument("--per-level", type=int, required=True)
+    g.add_argument("--split", default="train")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--out", required=True)
+    g.add_argument("--exclude", nargs="*", default=[], help="datasets whose states must not appear (test sets)")
+    g.set_defaults(func=_cmd_generate)
+    imp = dsub.add_parser("import", help="import an external test set")
+    imp.add_argument("source", choices=["vsp", "visualplanning"])
+    imp.add_argument("path", help="VSP maps folder, or VisualPlanning test .jsonl")
+    imp.add_argument("--task", help="task of a VisualPlanning file")
+    imp.add_argument("--out", required=True)
+    imp.set_defaults(func=_cmd_import)
+    exp = dsub.add_parser("export", help="export to LLaMA-Factory or EasyR1/verl formats")
+    exp.add_argument("format", choices=["llamafactory", "easyr1"])
+    exp.add_argument("--data", nargs="+", required=True)
+    exp.add_argument("--out", required=True)
+    exp.add_argument("--no-plan", action="store_true", help="easyr1: teacher context without the reference plan")
+    exp.set_defaults(func=_cmd_export)
+
+    ev = sub.add_parser("eval", help="evaluate plans or models")
+    esub = ev.add_subparsers(dest="eval_command", required=True)
+    ep = esub.add_parser("plans", help="score a predictions file (or the oracle plans) against a dataset")
+    ep.add_argument("--data", nargs="+", required=True)
+    ep.add_argument("--predictions", help='JSONL lines {"id": ..., "response": ...}')
+    ep.add_argument("--oracle", action="store_true", help="score the dataset's own optimal plans")
+    ep.add_argument("--out", required=True)
+    ep.set_defaults(func=_cmd_eval_plans)
+
+    run = sub.add_parser("run", help="the main job: build the benchmark and score it")
+    run.add_argument("--out", default="runs/default")
+    run.add_argument("--per-level", type=int, default=50)
+    run.add_argument("--seed", type=int, default=0)
+    run.set_defaults(func=_cmd_run)
+
+    for name in _PLUGINS:
+        try:
+            mod = importlib.import_module(name)
+        except ImportError:
+            continue
+        mod.add_parser(sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("mgsd: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, json.JSONDecodeError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"mgsd: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

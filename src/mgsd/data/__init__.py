@@ -1,0 +1,1 @@
+"""Datasets: generation, I/O, importers and exporters."""

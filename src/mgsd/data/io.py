@@ -1,0 +1,134 @@
+"""Reading and writing mgsd datasets: parquet files of the Hugging Face ``datasets`` format.
+
+A dataset directory holds one or more ``*.parquet`` files (one per task and split) with the columns
+of ``COLUMNS``; ``image`` uses the ``datasets.Image`` feature (PNG bytes), so
+``datasets.load_dataset("parquet", data_files="DIR/*.parquet")`` reads it too. Files are written to a
+temporary name and renamed, so a killed run never leaves a half-written file that looks complete.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+from PIL import Image
+
+COLUMNS: dict[str, str] = {
+    "id": "string",
+    "task": "string",
+    "level": "int32",
+    "split": "string",
+    "state": "string",  # canonical JSON of the task state
+    "image": "image",  # PNG bytes
+    "optimal_plan": "string",  # answer format: "UUR" or "U,PICK,R,DROP"
+    "optimal_length": "int32",  # number of actions, PICK/DROP included
+    "source": "string",  # "mgsd", "vsp", "visualplanning"
+}
+
+
+class DataError(ValueError):
+    """A dataset that cannot be read or has the wrong schema."""
+
+
+def _features():
+    from datasets import Features, Value
+    from datasets import Image as ImageFeature
+
+    return Features({k: ImageFeature() if v == "image" else Value(v) for k, v in COLUMNS.items()})
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    # compress_level 1: ~3x faster than the default for a few % larger files.
+    image.save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def write_rows(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path:
+    """Write rows (with ``image`` as PNG bytes) to one parquet file, atomically."""
+    from datasets import Dataset
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cols: dict[str, list[Any]] = {k: [] for k in COLUMNS}
+    for r in rows:
+        missing = [k for k in COLUMNS if k not in r]
+        if missing:
+            raise DataError(f"row {r.get('id')!r} lacks column(s) {', '.join(missing)}")
+        for k in COLUMNS:
+            v = r[k]
+            cols[k].append({"bytes": v, "path": None} if k == "image" else v)
+    tmp = path.with_name(f".{path.name}.tmp")
+    Dataset.from_dict(cols, features=_features()).to_parquet(str(tmp))
+    os.replace(tmp, path)
+    return path
+
+
+def parquet_files(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
+    """The parquet files of dataset directories (or files), sorted; DataError if there are none."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_file() and p.suffix == ".parquet":
+            files.append(p)
+        elif p.is_dir():
+            found = sorted(p.glob("*.parquet"))
+            if not found:
+                raise DataError(f"no .parquet files in dataset directory {p}")
+            files.extend(found)
+        else:
+            raise DataError(f"dataset not found: {p}")
+    return files
+
+
+def read_rows(
+    paths: str | os.PathLike | Iterable[str | os.PathLike], *, columns: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
+    """All rows of one or more datasets; ``image`` comes back as PNG bytes. Checks schema and ids."""
+    rows: list[dict[str, Any]] = []
+    want = list(columns) if columns is not None else list(COLUMNS)
+    for f in parquet_files(paths):
+        try:
+            table = pq.read_table(f)
+        except Exception as exc:  # pyarrow raises several types for corrupt files
+            raise DataError(f"cannot read {f}: {exc}") from None
+        missing = [c for c in want if c not in table.column_names]
+        if missing:
+            raise DataError(f"{f} is not an mgsd dataset: missing column(s) {', '.join(missing)}")
+        for r in table.select(want).to_pylist():
+            if "image" in r:
+                img = r["image"]
+                r["image"] = img.get("bytes") if isinstance(img, dict) else img
+            rows.append(r)
+    seen: set[str] = set()
+    for r in rows:
+        if "id" in r:
+            if r["id"] in seen:
+                raise DataError(f"duplicate sample id {r['id']!r}")
+            seen.add(r["id"])
+    return rows
+
+
+def decode_image(data: bytes | Image.Image) -> Image.Image:
+    """PNG bytes to an RGB PIL image; DataError naming the problem if it is not an image."""
+    if isinstance(data, Image.Image):
+        return data.convert("RGB")
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+    except Exception as exc:
+        raise DataError(f"corrupt image: {exc}") from None
+    return img.convert("RGB")
+
+
+def write_manifest(out: Path, name: str, info: dict[str, Any]) -> None:
+    """A small JSON description next to the data (generator settings, counts)."""
+    tmp = out / f".{name}.tmp"
+    tmp.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, out / name)

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, plan scoring, model evaluation."""

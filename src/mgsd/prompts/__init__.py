@@ -1,0 +1,21 @@
+"""Prompts for the visual student, the text-only student, the privileged teacher and perception."""
+
+from mgsd.prompts.templates import (
+    perception_prompt,
+    perception_target,
+    reference_response,
+    student_prompt,
+    teacher_context,
+    teacher_system,
+    text_student_prompt,
+)
+
+__all__ = [
+    "perception_prompt",
+    "perception_target",
+    "reference_response",
+    "student_prompt",
+    "teacher_context",
+    "teacher_system",
+    "text_student_prompt",
+]

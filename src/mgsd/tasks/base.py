@@ -1,0 +1,241 @@
+"""The Task protocol every planning task implements, and the generic machinery built on it.
+
+A task is a small deterministic MDP over a symbolic *state* (the instance: a map, a maze, a room).
+The task supplies ONE transition function, ``step``; the optimal solver, the scorer, the progress
+metric, the training reward and the gymnasium environment are all derived from it here, so they
+can never disagree with each other (the reference release had three simulators that did).
+
+Coordinates are 0-based ``(row, col)`` from the top-left everywhere; U = row-1, D = row+1,
+L = col-1, R = col+1.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from PIL import Image
+
+MOVES: dict[str, tuple[int, int]] = {"U": (-1, 0), "D": (1, 0), "L": (0, -1), "R": (0, 1)}
+# Used to name moves in words (perception answers, open-direction tables).
+MOVE_WORDS: dict[str, str] = {"U": "up", "R": "right", "D": "down", "L": "left"}
+Cell = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Transition:
+    """The result of one action from one simulator state."""
+
+    sim: Hashable  # simulator state after the action (unchanged when the action is invalid)
+    success: bool = False  # the goal was reached: the episode ends in success
+    invalid: str | None = None  # reason the action is illegal: the episode ends in failure
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """Outcome of executing a whole plan with the task's one simulator.
+
+    Prefix semantics: the episode ends at the first success or the first illegal action; later
+    actions are not executed but are counted in ``trailing`` (an "optimal" plan has none).
+    """
+
+    success: bool
+    steps: int  # actions executed, including the one that ended the episode
+    reason: str | None  # None on success; an invalid reason, "incomplete" or "parse_failure"
+    trailing: int  # actions after the episode ended
+    visited: tuple[Hashable, ...] = field(default=())  # simulator states, the initial one first
+
+
+@dataclass(frozen=True)
+class PerceptionItem:
+    """One perception question with its target answer.
+
+    ``kind`` tells the scorer how to compare answers: ``size`` (NxN), ``position`` ((r,c)),
+    ``cells`` (a set of (r,c)), ``open_dirs`` ((r,c): words, one line per cell), ``actions``
+    (a set of the words up/right/down/left).
+    """
+
+    key: str
+    kind: str
+    question: str
+    answer: str
+
+
+class Task(ABC):
+    """One planning task: generator, simulator, renderer and symbolic views of its states.
+
+    States are plain JSON-able dicts in the canonical schema of each task (see the task module);
+    ``dump_state`` gives the canonical JSON string used for storage and deduplication.
+    """
+
+    name: ClassVar[str]  # "frozenlake", "maze", "minibehaviour"
+    title: ClassVar[str]  # "FrozenLake", ...
+    levels: ClassVar[tuple[int, ...]]  # the supported levels (grid side lengths)
+    actions: ClassVar[tuple[str, ...]]  # the action vocabulary, in BFS tie-break order
+    plan_separator: ClassVar[str]  # "" -> "UUR"; "," -> "U,PICK,R,DROP"
+
+    # -- instances -------------------------------------------------------------------------
+    @abstractmethod
+    def generate(self, level: int, rng: random.Random) -> dict[str, Any]:
+        """Draw one solvable state of ``level`` from ``rng`` (the reference distribution)."""
+
+    @abstractmethod
+    def validate(self, state: dict[str, Any]) -> dict[str, Any]:
+        """Return the canonical form of ``state`` or raise ValueError naming the problem."""
+
+    @abstractmethod
+    def level_of(self, state: dict[str, Any]) -> int:
+        """The level (grid side length) of a state."""
+
+    # -- the one simulator ------------------------------------------------------------------
+    @abstractmethod
+    def initial(self, state: dict[str, Any]) -> Hashable:
+        """The simulator state at the start of an episode."""
+
+    @abstractmethod
+    def step(self, state: dict[str, Any], sim: Hashable, action: str) -> Transition:
+        """Apply one action. Unknown actions are invalid (reason ``unknown_action:<a>``)."""
+
+    @abstractmethod
+    def position(self, sim: Hashable) -> Cell:
+        """The agent's cell in a simulator state (for drawing paths)."""
+
+    # -- views ------------------------------------------------------------------------------
+    @abstractmethod
+    def render(self, state: dict[str, Any], size: int = 256) -> Image.Image:
+        """An RGB image of the state, ``size`` x ``size`` pixels."""
+
+    @abstractmethod
+    def symbolic_text(self, state: dict[str, Any]) -> str:
+        """The fully observable text description a text-only student or the teacher reads."""
+
+    @abstractmethod
+    def perception(self, state: dict[str, Any]) -> list[PerceptionItem]:
+        """The perception questions of this state with their target answers, in order."""
+
+    # -- generic machinery built on ``step`` ------------------------------------------------
+    def dump_state(self, state: dict[str, Any]) -> str:
+        """Canonical JSON of a state: the storage format and the deduplication key."""
+        return json.dumps(self.validate(state), sort_keys=True, separators=(",", ":"))
+
+    def load_state(self, text: str) -> dict[str, Any]:
+        try:
+            raw = json.loads(text)
+        except (TypeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{self.name} state is not valid JSON: {exc}") from None
+        return self.validate(raw)
+
+    def format_plan(self, plan: Sequence[str]) -> str:
+        return self.plan_separator.join(plan)
+
+    def rollout(self, state: dict[str, Any], plan: Sequence[str]) -> Rollout:
+        """Execute ``plan`` from the initial state with the task's simulator."""
+        sim = self.initial(state)
+        visited = [sim]
+        if not plan:
+            return Rollout(False, 0, "parse_failure", 0, tuple(visited))
+        for i, action in enumerate(plan):
+            t = self.step(state, sim, action)
+            if t.invalid is not None:
+                return Rollout(False, i + 1, t.invalid, len(plan) - i - 1, tuple(visited))
+            sim = t.sim
+            visited.append(sim)
+            if t.success:
+                return Rollout(True, i + 1, None, len(plan) - i - 1, tuple(visited))
+        return Rollout(False, len(plan), "incomplete", 0, tuple(visited))
+
+    def _graph(self, state: dict[str, Any]) -> tuple[Hashable, dict[Hashable, list[tuple[str, Transition]]]]:
+        """All simulator states reachable by valid actions, with their valid transitions."""
+        start = self.initial(state)
+        edges: dict[Hashable, list[tuple[str, Transition]]] = {}
+        queue = deque([start])
+        edges[start] = []
+        while queue:
+            s = queue.popleft()
+            out = edges[s]
+            for a in self.actions:
+                t = self.step(state, s, a)
+                if t.invalid is not None:
+                    continue
+                out.append((a, t))
+                if not t.success and t.sim not in edges:
+                    edges[t.sim] = []
+                    queue.append(t.sim)
+        return start, edges
+
+    def solve(self, state: dict[str, Any]) -> list[str] | None:
+        """A shortest plan (ties broken by ``actions`` order), or None when unsolvable."""
+        start = self.initial(state)
+        parent: dict[Hashable, tuple[Hashable, str] | None] = {start: None}
+        queue = deque([start])
+        while queue:
+            s = queue.popleft()
+            for a in self.actions:
+                t = self.step(state, s, a)
+                if t.invalid is not None:
+                    continue
+                if t.success:
+                    plan = [a]
+                    while parent[s] is not None:
+                        s, prev = parent[s]
+                        plan.append(prev)
+                    return plan[::-1]
+                if t.sim not in parent:
+                    parent[t.sim] = (s, a)
+                    queue.append(t.sim)
+        return None
+
+    def distances_to_go(self, state: dict[str, Any]) -> dict[Hashable, int]:
+        """Optimal number of actions left to succeed from every reachable simulator state.
+
+        States from which success is impossible are absent.
+        """
+        _, edges = self._graph(state)
+        reverse: dict[Hashable, list[Hashable]] = {s: [] for s in edges}
+        dist: dict[Hashable, int] = {}
+        frontier: deque[Hashable] = deque()
+        for s, out in edges.items():
+            for _, t in out:
+                if t.success:
+                    if s not in dist:
+                        dist[s] = 1
+                        frontier.append(s)
+                else:
+                    reverse[t.sim].append(s)
+        while frontier:
+            s = frontier.popleft()
+            for p in reverse[s]:
+                if p not in dist:
+                    dist[p] = dist[s] + 1
+                    frontier.append(p)
+        return dist
+
+    def progress(self, state: dict[str, Any], plan: Sequence[str], optimal_length: int | None = None) -> float:
+        """Progress rate: the longest valid prefix of ``plan`` whose every action strictly lowers
+        the optimal distance-to-go, divided by the optimal plan length (1.0 for an optimal plan).
+        """
+        dist = self.distances_to_go(state)
+        sim = self.initial(state)
+        total = optimal_length if optimal_length is not None else dist.get(sim)
+        if not total:
+            return 0.0
+        good = 0
+        for action in plan:
+            t = self.step(state, sim, action)
+            if t.invalid is not None:
+                break
+            here = dist.get(sim)
+            if t.success:
+                good += 1
+                break
+            there = dist.get(t.sim)
+            if here is None or there is None or there >= here:
+                break
+            good += 1
+            sim = t.sim
+        return min(1.0, good / total)

@@ -1,0 +1,171 @@
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+from datasets import load_dataset
+
+from mgsd.cli import main
+from mgsd.data.exporters import export_easyr1, export_llamafactory
+from mgsd.data.generate import generate_dataset, generate_rows
+from mgsd.data.importers import import_visualplanning, import_vsp
+from mgsd.data.io import DataError, decode_image, read_rows
+from mgsd.tasks import TASK_NAMES, get_task
+
+
+@pytest.mark.parametrize("name", TASK_NAMES)
+def test_generation_is_deterministic_unique_and_solved(name):
+    task = get_task(name)
+    a = generate_rows(task, task.levels[:2], 15, split="train", seed=7, progress=False)
+    b = generate_rows(task, task.levels[:2], 15, split="train", seed=7, progress=False)
+    c = generate_rows(task, task.levels[:2], 15, split="train", seed=8, progress=False)
+    assert [r["state"] for r in a] == [r["state"] for r in b]
+    assert [r["image"] for r in a] == [r["image"] for r in b]
+    assert [r["state"] for r in a] != [r["state"] for r in c]
+    assert len({r["state"] for r in a}) == len(a) == 30
+    for r in a:
+        state = task.load_state(r["state"])
+        run = task.rollout(state, task.solve(state))
+        assert run.success and len(task.solve(state)) == r["optimal_length"]
+        assert decode_image(r["image"]).size == (256, 256)
+
+
+def test_splits_never_share_states_and_exclude_decontaminates(tmp_path):
+    task = get_task("maze")
+    shared: set[str] = set()
+    generate_dataset(task, [3], 300, split="test", seed=0, out=tmp_path / "test", exclude=shared, progress=False)
+    generate_dataset(task, [3], 300, split="train", seed=0, out=tmp_path / "train", exclude=shared, progress=False)
+    test = {r["state"] for r in read_rows(tmp_path / "test")}
+    train = {r["state"] for r in read_rows(tmp_path / "train")}
+    assert len(test) == len(train) == 300 and not test & train
+    # --exclude: a fresh generation with the test set excluded avoids all of its states.
+    generate_dataset(task, [3], 300, split="val", seed=0, out=tmp_path / "val", exclude_dirs=[tmp_path / "test"],
+                     progress=False)
+    val = {r["state"] for r in read_rows(tmp_path / "val")}
+    assert not val & test
+
+
+def test_dataset_is_a_hugging_face_parquet_dataset(tmp_path):
+    task = get_task("frozenlake")
+    generate_dataset(task, [3, 4], 5, split="test", seed=1, out=tmp_path, progress=False)
+    ds = load_dataset("parquet", data_files=str(tmp_path / "*.parquet"), split="train",
+                      cache_dir=str(tmp_path / "cache"))
+    assert len(ds) == 10
+    assert set(ds.column_names) >= {"id", "task", "level", "split", "state", "image", "optimal_plan",
+                                    "optimal_length"}
+    assert ds[0]["image"].size == (256, 256)  # decoded by the datasets Image feature
+    assert json.loads(ds[0]["state"])["grid"]
+
+
+def test_exhausted_level_fails_clearly():
+    task = get_task("frozenlake")
+    with pytest.raises(ValueError, match="unique"):
+        generate_rows(task, [3], 100_000, split="x", seed=0, render=False, progress=False)
+
+
+def test_import_vsp_keeps_pngs_and_scores(shared_data, tmp_path):
+    path = import_vsp(shared_data / "vsp_examples", tmp_path, progress=False)
+    rows = read_rows(path)
+    assert {r["level"] for r in rows} == {3, 4, 5, 6, 7, 8}
+    first = next(r for r in rows if r["id"] == "vsp/level3/0")
+    assert first["image"] == (shared_data / "vsp_examples/level3/img/0.png").read_bytes()
+    assert first["optimal_length"] == 2  # the example's answer is R,D
+
+
+def test_import_vsp_missing_file_is_one_clear_error(shared_data, tmp_path):
+    broken = tmp_path / "vsp"
+    shutil.copytree(shared_data / "vsp_examples", broken)
+    (broken / "level4" / "table" / "3.txt").unlink()
+    with pytest.raises(DataError, match=r"missing .*level4.*table.*3\.txt"):
+        import_vsp(broken, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out" / "frozenlake-vsp.parquet").exists()
+
+
+@pytest.mark.parametrize("name", ["frozenlake", "minibehaviour"])
+def test_import_visualplanning(shared_data, tmp_path, name):
+    src = shared_data / "visualplanning_samples" / f"{name}_test_first5.jsonl"
+    rows = read_rows(import_visualplanning(src, name, tmp_path, progress=False))
+    assert len(rows) == 5
+    lines = [json.loads(x) for x in src.read_text().splitlines()]
+    for r, line in zip(rows, lines):
+        # VisualPlanning's input_state is the optimal trajectory: its length - 1 is the optimal plan length.
+        assert r["optimal_length"] == len(line["input_state"]) - 1
+        assert r["id"] == f"visualplanning/{name}/{line['meta'].get('idx', lines.index(line))}"
+
+
+def test_import_visualplanning_rejects_wrong_task(shared_data, tmp_path):
+    src = shared_data / "visualplanning_samples" / "minibehaviour_test_first5.jsonl"
+    with pytest.raises(DataError, match=":1: not a VisualPlanning maze row"):
+        import_visualplanning(src, "maze", tmp_path, progress=False)
+
+
+def test_exporters(tmp_path):
+    data = tmp_path / "data"
+    for name in TASK_NAMES:
+        task = get_task(name)
+        generate_dataset(task, task.levels[:1], 3, split="train", seed=0, out=data, progress=False)
+    sft = json.loads(export_llamafactory(data, tmp_path / "lf").read_text())
+    assert len(sft) == 9
+    rec = sft[0]
+    assert rec["messages"][0]["content"].startswith("<image>")
+    assert rec["messages"][1]["content"].startswith("1. ")
+    assert (tmp_path / "lf" / rec["images"][0]).is_file()
+    info = json.loads((tmp_path / "lf" / "dataset_info.json").read_text())
+    assert info["mgsd_perception_sft"]["formatting"] == "sharegpt"
+    opcd = load_dataset("parquet", data_files=str(export_easyr1(data, tmp_path / "r1")), split="train",
+                        cache_dir=str(tmp_path / "cache"))
+    assert set(opcd.column_names) >= {"problem", "answer", "images", "teacher_images", "task", "vsp_task_text",
+                                      "teacher_system_prompt", "teacher_text_context"}
+    r = opcd[0]
+    assert r["problem"].rstrip().endswith("<image>")
+    assert r["answer"] in r["teacher_text_context"]
+    assert len(r["images"]) == 1 and r["teacher_images"] == []
+
+
+def test_cli_generate_eval_oracle_and_predictions(tmp_path, capsys):
+    out = tmp_path / "d"
+    assert main(["data", "generate", "--task", "maze", "--levels", "3-4", "--per-level", "4", "--split", "test",
+                 "--seed", "3", "--out", str(out)]) == 0
+    assert main(["eval", "plans", "--data", str(out), "--oracle", "--out", str(tmp_path / "e")]) == 0
+    m = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert m["n"] == 8 and m["success"] == 1.0 and m["optimal"] == 1.0 and m["macro"]["success"] == 1.0
+    rows = read_rows(out)
+    preds = tmp_path / "p.jsonl"
+    preds.write_text(json.dumps({"id": rows[0]["id"], "response": f"<answer>{rows[0]['optimal_plan']}</answer>"})
+                     + "\n")
+    assert main(["eval", "plans", "--data", str(out), "--predictions", str(preds), "--out", str(tmp_path / "f")]) == 0
+    m = json.loads((tmp_path / "f" / "metrics.json").read_text())
+    assert m["success"] == pytest.approx(1 / 8) and m["parse_failure"] == pytest.approx(7 / 8)
+    assert m["missing_predictions"] == 7
+    samples = [json.loads(x) for x in (tmp_path / "f" / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 8 and sum(s["success"] for s in samples) == 1
+    # an id the dataset does not have is an error, not a silent skip
+    preds.write_text(json.dumps({"id": "nope", "response": "<answer>U</answer>"}) + "\n")
+    assert main(["eval", "plans", "--data", str(out), "--predictions", str(preds), "--out", str(tmp_path / "g")]) == 2
+    assert "not in the dataset" in capsys.readouterr().err
+    assert not (tmp_path / "g" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["data", "generate", "--task", "chess", "--per-level", "1", "--out", "X"], "unknown task 'chess'"),
+        (["data", "generate", "--task", "maze", "--levels", "9", "--per-level", "1", "--out", "X"],
+         "level 9 is out of range for maze"),
+        (["eval", "plans", "--data", "does-not-exist", "--oracle", "--out", "X"], "dataset not found"),
+        (["data", "import", "vsp", "does-not-exist", "--out", "X"], "VSP folder not found"),
+    ],
+)
+def test_cli_bad_input_is_one_line_and_nonzero(argv, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "mgsd.cli", *argv], capture_output=True, text=True)
+    assert proc.returncode == 2
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and message in err[0], proc.stderr
+
+
+def test_corrupt_parquet_is_a_clear_error(tmp_path):
+    (tmp_path / "bad.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(DataError, match="cannot read"):
+        read_rows(tmp_path)
