@@ -65,7 +65,9 @@ def test_parser_never_raises_inside_answer(before, inside):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.sampled_from(ACTIONS), min_size=1, max_size=20), st.sampled_from(["", ",", ", ", " ", "; "]))
+@given(
+    st.lists(st.sampled_from(ACTIONS), min_size=1, max_size=20), st.sampled_from(["", ",", ", ", " ", "; "])
+)
 def test_round_trip_of_formatted_plans(plan, sep):
     if sep == "" and any(len(a) > 1 for a in plan):
         sep = ","  # compact form only exists for single letters

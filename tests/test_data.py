@@ -34,14 +34,26 @@ def test_generation_is_deterministic_unique_and_solved(name):
 def test_splits_never_share_states_and_exclude_decontaminates(tmp_path):
     task = get_task("maze")
     shared: set[str] = set()
-    generate_dataset(task, [3], 300, split="test", seed=0, out=tmp_path / "test", exclude=shared, progress=False)
-    generate_dataset(task, [3], 300, split="train", seed=0, out=tmp_path / "train", exclude=shared, progress=False)
+    generate_dataset(
+        task, [3], 300, split="test", seed=0, out=tmp_path / "test", exclude=shared, progress=False
+    )
+    generate_dataset(
+        task, [3], 300, split="train", seed=0, out=tmp_path / "train", exclude=shared, progress=False
+    )
     test = {r["state"] for r in read_rows(tmp_path / "test")}
     train = {r["state"] for r in read_rows(tmp_path / "train")}
     assert len(test) == len(train) == 300 and not test & train
     # --exclude: a fresh generation with the test set excluded avoids all of its states.
-    generate_dataset(task, [3], 300, split="val", seed=0, out=tmp_path / "val", exclude_dirs=[tmp_path / "test"],
-                     progress=False)
+    generate_dataset(
+        task,
+        [3],
+        300,
+        split="val",
+        seed=0,
+        out=tmp_path / "val",
+        exclude_dirs=[tmp_path / "test"],
+        progress=False,
+    )
     val = {r["state"] for r in read_rows(tmp_path / "val")}
     assert not val & test
 
@@ -49,11 +61,20 @@ def test_splits_never_share_states_and_exclude_decontaminates(tmp_path):
 def test_dataset_is_a_hugging_face_parquet_dataset(tmp_path):
     task = get_task("frozenlake")
     generate_dataset(task, [3, 4], 5, split="test", seed=1, out=tmp_path, progress=False)
-    ds = load_dataset("parquet", data_files=str(tmp_path / "*.parquet"), split="train",
-                      cache_dir=str(tmp_path / "cache"))
+    ds = load_dataset(
+        "parquet", data_files=str(tmp_path / "*.parquet"), split="train", cache_dir=str(tmp_path / "cache")
+    )
     assert len(ds) == 10
-    assert set(ds.column_names) >= {"id", "task", "level", "split", "state", "image", "optimal_plan",
-                                    "optimal_length"}
+    assert set(ds.column_names) >= {
+        "id",
+        "task",
+        "level",
+        "split",
+        "state",
+        "image",
+        "optimal_plan",
+        "optimal_length",
+    }
     assert ds[0]["image"].size == (256, 256)  # decoded by the datasets Image feature
     assert json.loads(ds[0]["state"])["grid"]
 
@@ -113,10 +134,22 @@ def test_exporters(tmp_path):
     assert (tmp_path / "lf" / rec["images"][0]).is_file()
     info = json.loads((tmp_path / "lf" / "dataset_info.json").read_text())
     assert info["mgsd_perception_sft"]["formatting"] == "sharegpt"
-    opcd = load_dataset("parquet", data_files=str(export_easyr1(data, tmp_path / "r1")), split="train",
-                        cache_dir=str(tmp_path / "cache"))
-    assert set(opcd.column_names) >= {"problem", "answer", "images", "teacher_images", "task", "vsp_task_text",
-                                      "teacher_system_prompt", "teacher_text_context"}
+    opcd = load_dataset(
+        "parquet",
+        data_files=str(export_easyr1(data, tmp_path / "r1")),
+        split="train",
+        cache_dir=str(tmp_path / "cache"),
+    )
+    assert set(opcd.column_names) >= {
+        "problem",
+        "answer",
+        "images",
+        "teacher_images",
+        "task",
+        "vsp_task_text",
+        "teacher_system_prompt",
+        "teacher_text_context",
+    }
     r = opcd[0]
     assert r["problem"].rstrip().endswith("<image>")
     assert r["answer"] in r["teacher_text_context"]
@@ -125,16 +158,39 @@ def test_exporters(tmp_path):
 
 def test_cli_generate_eval_oracle_and_predictions(tmp_path, capsys):
     out = tmp_path / "d"
-    assert main(["data", "generate", "--task", "maze", "--levels", "3-4", "--per-level", "4", "--split", "test",
-                 "--seed", "3", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "generate",
+                "--task",
+                "maze",
+                "--levels",
+                "3-4",
+                "--per-level",
+                "4",
+                "--split",
+                "test",
+                "--seed",
+                "3",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert main(["eval", "plans", "--data", str(out), "--oracle", "--out", str(tmp_path / "e")]) == 0
     m = json.loads((tmp_path / "e" / "metrics.json").read_text())
     assert m["n"] == 8 and m["success"] == 1.0 and m["optimal"] == 1.0 and m["macro"]["success"] == 1.0
     rows = read_rows(out)
     preds = tmp_path / "p.jsonl"
-    preds.write_text(json.dumps({"id": rows[0]["id"], "response": f"<answer>{rows[0]['optimal_plan']}</answer>"})
-                     + "\n")
-    assert main(["eval", "plans", "--data", str(out), "--predictions", str(preds), "--out", str(tmp_path / "f")]) == 0
+    preds.write_text(
+        json.dumps({"id": rows[0]["id"], "response": f"<answer>{rows[0]['optimal_plan']}</answer>"}) + "\n"
+    )
+    assert (
+        main(["eval", "plans", "--data", str(out), "--predictions", str(preds), "--out", str(tmp_path / "f")])
+        == 0
+    )
     m = json.loads((tmp_path / "f" / "metrics.json").read_text())
     assert m["success"] == pytest.approx(1 / 8) and m["parse_failure"] == pytest.approx(7 / 8)
     assert m["missing_predictions"] == 7
@@ -142,7 +198,10 @@ def test_cli_generate_eval_oracle_and_predictions(tmp_path, capsys):
     assert len(samples) == 8 and sum(s["success"] for s in samples) == 1
     # an id the dataset does not have is an error, not a silent skip
     preds.write_text(json.dumps({"id": "nope", "response": "<answer>U</answer>"}) + "\n")
-    assert main(["eval", "plans", "--data", str(out), "--predictions", str(preds), "--out", str(tmp_path / "g")]) == 2
+    assert (
+        main(["eval", "plans", "--data", str(out), "--predictions", str(preds), "--out", str(tmp_path / "g")])
+        == 2
+    )
     assert "not in the dataset" in capsys.readouterr().err
     assert not (tmp_path / "g" / "metrics.json").exists()
 
@@ -151,8 +210,10 @@ def test_cli_generate_eval_oracle_and_predictions(tmp_path, capsys):
     ("argv", "message"),
     [
         (["data", "generate", "--task", "chess", "--per-level", "1", "--out", "X"], "unknown task 'chess'"),
-        (["data", "generate", "--task", "maze", "--levels", "9", "--per-level", "1", "--out", "X"],
-         "level 9 is out of range for maze"),
+        (
+            ["data", "generate", "--task", "maze", "--levels", "9", "--per-level", "1", "--out", "X"],
+            "level 9 is out of range for maze",
+        ),
         (["eval", "plans", "--data", "does-not-exist", "--oracle", "--out", "X"], "dataset not found"),
         (["data", "import", "vsp", "does-not-exist", "--out", "X"], "VSP folder not found"),
     ],

@@ -7,17 +7,26 @@ from mgsd.tasks import get_task
 
 def row(task, level, success, *, i=[0], optimal=None, progress=None, invalid=False, parse_failure=False):
     i[0] += 1
-    return {"id": f"s{i[0]}", "task": task, "level": level, "success": success,
-            "optimal": success if optimal is None else optimal,
-            "progress": float(success) if progress is None else progress,
-            "invalid": invalid, "parse_failure": parse_failure, "reason": None if success else "incomplete"}
+    return {
+        "id": f"s{i[0]}",
+        "task": task,
+        "level": level,
+        "success": success,
+        "optimal": success if optimal is None else optimal,
+        "progress": float(success) if progress is None else progress,
+        "invalid": invalid,
+        "parse_failure": parse_failure,
+        "reason": None if success else "incomplete",
+    }
 
 
 def test_hand_computed_micro_task_level_and_macro():
     rows = (
-        [row("frozenlake", 3, True)] * 3 + [row("frozenlake", 3, False)]  # level 3: 3/4
+        [row("frozenlake", 3, True)] * 3
+        + [row("frozenlake", 3, False)]  # level 3: 3/4
         + [row("frozenlake", 4, False, invalid=True)] * 4  # level 4: 0/4 (only in total)
-        + [row("maze", 3, True)] * 1 + [row("maze", 3, False, parse_failure=True)]  # maze: 1/2
+        + [row("maze", 3, True)] * 1
+        + [row("maze", 3, False, parse_failure=True)]  # maze: 1/2
     )
     m = aggregate(rows, n_boot=200)
     assert m["n"] == 10
@@ -28,8 +37,18 @@ def test_hand_computed_micro_task_level_and_macro():
     assert m["macro"]["success"] == pytest.approx((0.375 + 0.5) / 2)
     assert m["by_task_level"]["frozenlake/4"]["invalid"] == pytest.approx(1.0)
     assert m["by_task_level"]["maze/3"]["parse_failure"] == pytest.approx(0.5)
-    for key in ("n", "success", "optimal", "progress", "invalid", "parse_failure", "ci", "by_task",
-                "by_task_level", "macro"):
+    for key in (
+        "n",
+        "success",
+        "optimal",
+        "progress",
+        "invalid",
+        "parse_failure",
+        "ci",
+        "by_task",
+        "by_task_level",
+        "macro",
+    ):
         assert key in m
     for metric in METRICS:
         lo, hi = m["ci"][metric]
@@ -88,7 +107,13 @@ LAKE = {"grid": ["SFF", "FHF", "FFG"]}
         ("<answer>RDDR</answer>", False, False, 0.25, "fell_into_hole"),
         ("<answer>RR</answer>", False, False, 0.5, "incomplete"),
         ("<answer>U</answer>", False, False, 0.0, "out_of_bounds:U"),
-        ("<answer>RLRRDD</answer>", True, False, 0.25, None),  # detour: progress stops at the first non-improving move
+        (
+            "<answer>RLRRDD</answer>",
+            True,
+            False,
+            0.25,
+            None,
+        ),  # detour: progress stops at the first non-improving move
         ("no answer here", False, False, 0.0, "parse_failure: no <answer> block"),
     ],
 )

@@ -17,18 +17,18 @@ _PLUGINS = ("mgsd.models.cli",)
 
 
 def _print_metrics(m: dict) -> None:
-    def pct(x: float) -> str:
-        return f"{100 * x:5.1f}"
-
-    print(f"{'scope':<22}{'n':>6}  {'success':>7}  {'optimal':>7}  {'progress':>8}  {'invalid':>7}  {'parse_fail':>10}")
-    scopes = [(k, v) for k, v in m["by_task_level"].items()] + [(k, v) for k, v in m["by_task"].items()]
-    for name, v in scopes:
-        print(f"{name:<22}{v['n']:>6}  {pct(v['success']):>7}  {pct(v['optimal']):>7}  {pct(v['progress']):>8}  "
-              f"{pct(v['invalid']):>7}  {pct(v['parse_failure']):>10}")
-    mac, ci = m["macro"], m["macro"]["ci"]["success"]
-    print(f"{'macro (level-balanced)':<22}{m['n']:>6}  {pct(mac['success']):>7}  {pct(mac['optimal']):>7}  "
-          f"{pct(mac['progress']):>8}  {pct(mac['invalid']):>7}  {pct(mac['parse_failure']):>10}"
-          f"   success 95% CI [{pct(ci[0]).strip()}, {pct(ci[1]).strip()}]")
+    """A compact results table: per (task, level), per task, then the level-balanced macro."""
+    keys = ("success", "optimal", "progress", "invalid", "parse_failure")
+    print(f"{'scope':<24}{'n':>6}" + "".join(f"{k[:10]:>11}" for k in keys))
+    rows = [
+        *m["by_task_level"].items(),
+        *m["by_task"].items(),
+        ("macro (level-balanced)", {**m["macro"], "n": m["n"]}),
+    ]
+    for name, v in rows:
+        print(f"{name:<24}{v['n']:>6}" + "".join(f"{100 * v[k]:>11.1f}" for k in keys))
+    lo, hi = m["macro"]["ci"]["success"]
+    print(f"macro success 95% CI: [{100 * lo:.1f}, {100 * hi:.1f}]")
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
@@ -39,8 +39,15 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     levels = parse_levels(task, args.levels)
     if args.per_level < 1:
         raise ValueError("--per-level must be at least 1")
-    path = generate_dataset(task, levels, args.per_level, split=args.split, seed=args.seed, out=args.out,
-                            exclude_dirs=args.exclude or ())
+    path = generate_dataset(
+        task,
+        levels,
+        args.per_level,
+        split=args.split,
+        seed=args.seed,
+        out=args.out,
+        exclude_dirs=args.exclude or (),
+    )
     print(f"wrote {args.per_level * len(levels)} {task.name} samples ({args.split}) to {path}")
     return 0
 
@@ -77,7 +84,9 @@ def _cmd_eval_plans(args: argparse.Namespace) -> int:
     metrics = eval_plans(args.data, args.out, args.predictions)
     _print_metrics(metrics)
     if metrics["missing_predictions"]:
-        print(f"note: {metrics['missing_predictions']} sample(s) had no prediction and count as parse failures")
+        print(
+            f"note: {metrics['missing_predictions']} sample(s) had no prediction and count as parse failures"
+        )
     print(f"wrote {Path(args.out) / 'metrics.json'} and samples.jsonl")
     return 0
 
@@ -107,7 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--split", default="train")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--out", required=True)
-    g.add_argument("--exclude", nargs="*", default=[], help="datasets whose states must not appear (test sets)")
+    g.add_argument(
+        "--exclude", nargs="*", default=[], help="datasets whose states must not appear (test sets)"
+    )
     g.set_defaults(func=_cmd_generate)
     imp = dsub.add_parser("import", help="import an external test set")
     imp.add_argument("source", choices=["vsp", "visualplanning"])
@@ -119,7 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("format", choices=["llamafactory", "easyr1"])
     exp.add_argument("--data", nargs="+", required=True)
     exp.add_argument("--out", required=True)
-    exp.add_argument("--no-plan", action="store_true", help="easyr1: teacher context without the reference plan")
+    exp.add_argument(
+        "--no-plan", action="store_true", help="easyr1: teacher context without the reference plan"
+    )
     exp.set_defaults(func=_cmd_export)
 
     ev = sub.add_parser("eval", help="evaluate plans or models")

@@ -29,25 +29,35 @@ def export_llamafactory(data: str | Path, out: str | Path, *, name: str = "mgsd_
         state = task.load_state(r["state"])
         rel = f"images/{_safe(r['id'])}.png"
         (out / rel).write_bytes(r["image"])
-        records.append({
-            "messages": [
-                {"role": "user", "content": "<image>" + perception_prompt(task, state)},
-                {"role": "assistant", "content": perception_target(task, state)},
-            ],
-            "images": [rel],
-            "task": f"{task.name}_perception_all",
-            "level": r["level"],
-            "source_text": r["id"],
-        })
+        records.append(
+            {
+                "messages": [
+                    {"role": "user", "content": "<image>" + perception_prompt(task, state)},
+                    {"role": "assistant", "content": perception_target(task, state)},
+                ],
+                "images": [rel],
+                "task": f"{task.name}_perception_all",
+                "level": r["level"],
+                "source_text": r["id"],
+            }
+        )
     file_name = f"{name}.json"
     tmp = out / f".{file_name}.tmp"
     tmp.write_text(json.dumps(records, ensure_ascii=False, indent=1))
     os.replace(tmp, out / file_name)
-    info = {name: {
-        "file_name": file_name, "formatting": "sharegpt",
-        "columns": {"messages": "messages", "images": "images"},
-        "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"},
-    }}
+    info = {
+        name: {
+            "file_name": file_name,
+            "formatting": "sharegpt",
+            "columns": {"messages": "messages", "images": "images"},
+            "tags": {
+                "role_tag": "role",
+                "content_tag": "content",
+                "user_tag": "user",
+                "assistant_tag": "assistant",
+            },
+        }
+    }
     (out / "dataset_info.json").write_text(json.dumps(info, indent=2) + "\n")
     return out / file_name
 
@@ -59,9 +69,21 @@ def export_easyr1(data: str | Path, out: str | Path, *, with_plan: bool = True) 
     from datasets import Image as ImageFeature
 
     rows = read_rows(data)
-    cols: dict[str, list] = {k: [] for k in (
-        "problem", "answer", "images", "teacher_images", "task", "level", "sample_id",
-        "vsp_task_text", "teacher_system_prompt", "teacher_text_context")}
+    cols: dict[str, list] = {
+        k: []
+        for k in (
+            "problem",
+            "answer",
+            "images",
+            "teacher_images",
+            "task",
+            "level",
+            "sample_id",
+            "vsp_task_text",
+            "teacher_system_prompt",
+            "teacher_text_context",
+        )
+    }
     for r in rows:
         task = get_task(r["task"])
         state = task.load_state(r["state"])
@@ -72,13 +94,21 @@ def export_easyr1(data: str | Path, out: str | Path, *, with_plan: bool = True) 
         cols["task"].append(task.name)
         cols["level"].append(int(r["level"]))
         cols["sample_id"].append(r["id"])
-        cols["vsp_task_text"].append(r["state"])  # our canonical state JSON (their raw .txt has no equivalent)
+        cols["vsp_task_text"].append(
+            r["state"]
+        )  # our canonical state JSON (their raw .txt has no equivalent)
         cols["teacher_system_prompt"].append(teacher_system(task))
-        cols["teacher_text_context"].append(teacher_context(task, state, r["optimal_plan"] if with_plan else None))
-    features = Features({
-        **{k: Value("string") for k in cols},
-        "images": [ImageFeature()], "teacher_images": [ImageFeature()], "level": Value("int32"),
-    })
+        cols["teacher_text_context"].append(
+            teacher_context(task, state, r["optimal_plan"] if with_plan else None)
+        )
+    features = Features(
+        {
+            **{k: Value("string") for k in cols},
+            "images": [ImageFeature()],
+            "teacher_images": [ImageFeature()],
+            "level": Value("int32"),
+        }
+    )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "opcd.parquet"

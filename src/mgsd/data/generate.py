@@ -49,8 +49,13 @@ def generate_rows(
     so consecutive calls sharing it never repeat a state across splits."""
     seen = exclude if exclude is not None else set()
     rows: list[dict[str, Any]] = []
-    bar = tqdm(total=per_level * len(levels), desc=f"{task.name}/{split}", unit="sample",
-               disable=not progress, leave=False)
+    bar = tqdm(
+        total=per_level * len(levels),
+        desc=f"{task.name}/{split}",
+        unit="sample",
+        disable=not progress,
+        leave=False,
+    )
     for level in levels:
         attempt = 0
         for index in range(per_level):
@@ -71,17 +76,19 @@ def generate_rows(
             seen.add(key)
             plan = task.solve(state)
             assert plan is not None, "generators only return solvable states"
-            rows.append({
-                "id": f"{task.name}/{split}/level{level}/{index:05d}",
-                "task": task.name,
-                "level": level,
-                "split": split,
-                "state": key,
-                "image": png_bytes(task.render(state)) if render else b"",
-                "optimal_plan": task.format_plan(plan),
-                "optimal_length": len(plan),
-                "source": "mgsd",
-            })
+            rows.append(
+                {
+                    "id": f"{task.name}/{split}/level{level}/{index:05d}",
+                    "task": task.name,
+                    "level": level,
+                    "split": split,
+                    "state": key,
+                    "image": png_bytes(task.render(state)) if render else b"",
+                    "optimal_plan": task.format_plan(plan),
+                    "optimal_length": len(plan),
+                    "source": "mgsd",
+                }
+            )
             bar.update()
     bar.close()
     return rows
@@ -109,8 +116,18 @@ def generate_dataset(
     if exclude is not None:
         exclude |= keys
     path = write_rows(rows, out / f"{task.name}-{split}.parquet")
-    write_manifest(out, f"{task.name}-{split}.json", {
-        "task": task.name, "split": split, "levels": list(levels), "per_level": per_level, "seed": seed,
-        "rows": len(rows), "excluded_states": n_excluded, "exclude": [str(d) for d in exclude_dirs],
-    })
+    write_manifest(
+        out,
+        f"{task.name}-{split}.json",
+        {
+            "task": task.name,
+            "split": split,
+            "levels": list(levels),
+            "per_level": per_level,
+            "seed": seed,
+            "rows": len(rows),
+            "excluded_states": n_excluded,
+            "exclude": [str(d) for d in exclude_dirs],
+        },
+    )
     return path

@@ -21,9 +21,15 @@ def _row(task_name: str, state: dict[str, Any], image: bytes, sample_id: str, so
     if plan is None:
         raise DataError(f"{sample_id}: the map has no solution")
     return {
-        "id": sample_id, "task": task.name, "level": task.level_of(state), "split": "test",
-        "state": task.dump_state(state), "image": image, "optimal_plan": task.format_plan(plan),
-        "optimal_length": len(plan), "source": source,
+        "id": sample_id,
+        "task": task.name,
+        "level": task.level_of(state),
+        "split": "test",
+        "state": task.dump_state(state),
+        "image": image,
+        "optimal_plan": task.format_plan(plan),
+        "optimal_length": len(plan),
+        "source": source,
     }
 
 
@@ -43,8 +49,12 @@ def import_vsp(folder: str | Path, out: str | Path, *, progress: bool = True) ->
             if not (ldir / sub).is_dir():
                 raise DataError(f"VSP folder {ldir} lacks its {sub}/ directory")
             stems |= {p.stem for p in (ldir / sub).iterdir() if p.suffix in (".png", ".txt")}
-        for stem in tqdm(sorted(stems, key=lambda s: (len(s), s)), desc=f"vsp level{level}", disable=not progress,
-                         leave=False):
+        for stem in tqdm(
+            sorted(stems, key=lambda s: (len(s), s)),
+            desc=f"vsp level{level}",
+            disable=not progress,
+            leave=False,
+        ):
             img_path, table_path = ldir / "img" / f"{stem}.png", ldir / "table" / f"{stem}.txt"
             for p in (img_path, table_path, ldir / "pure_text" / f"{stem}.txt"):
                 if not p.is_file():
@@ -55,7 +65,9 @@ def import_vsp(folder: str | Path, out: str | Path, *, progress: bool = True) ->
             except ValueError as exc:
                 raise DataError(f"{table_path}: {exc}") from None
             if task.level_of(state) != level:
-                raise DataError(f"{table_path}: a {task.level_of(state)}x{task.level_of(state)} map in level{level}/")
+                raise DataError(
+                    f"{table_path}: a {task.level_of(state)}x{task.level_of(state)} map in level{level}/"
+                )
             data = img_path.read_bytes()
             try:
                 decode_image(data)
@@ -66,7 +78,9 @@ def import_vsp(folder: str | Path, out: str | Path, *, progress: bool = True) ->
     return write_rows(rows, out / "frozenlake-vsp.parquet")
 
 
-def import_visualplanning(path: str | Path, task_name: str, out: str | Path, *, progress: bool = True) -> Path:
+def import_visualplanning(
+    path: str | Path, task_name: str, out: str | Path, *, progress: bool = True
+) -> Path:
     """A VisualPlanning test ``.jsonl`` whose ``meta`` holds the symbolic state; images re-rendered."""
     path = Path(path)
     task = get_task(task_name)
@@ -74,8 +88,9 @@ def import_visualplanning(path: str | Path, task_name: str, out: str | Path, *, 
         raise DataError(f"VisualPlanning file not found: {path}")
     rows = []
     lines = path.read_text().splitlines()
-    for lineno, line in enumerate(tqdm(lines, desc=f"visualplanning {task.name}", disable=not progress,
-                                       leave=False), start=1):
+    for lineno, line in enumerate(
+        tqdm(lines, desc=f"visualplanning {task.name}", disable=not progress, leave=False), start=1
+    ):
         if not line.strip():
             continue
         try:

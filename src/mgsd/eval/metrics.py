@@ -62,8 +62,19 @@ def score_plan(
     level = task.level_of(state)
     if actions is None:
         return SampleScore(
-            sample_id, task.name, level, None, False, False, 0.0, False, True,
-            f"parse_failure: {parse_error or 'no plan'}", 0, 0, optimal_length,
+            sample_id,
+            task.name,
+            level,
+            None,
+            False,
+            False,
+            0.0,
+            False,
+            True,
+            f"parse_failure: {parse_error or 'no plan'}",
+            0,
+            0,
+            optimal_length,
         )
     run = task.rollout(state, actions)
     return SampleScore(
@@ -88,14 +99,22 @@ def score_response(
 ) -> SampleScore:
     """Parse a model response with the one plan parser and score it."""
     if response is None:
-        return score_plan(task, state, None, sample_id=sample_id, optimal_length=optimal_length,
-                          parse_error="no prediction")
+        return score_plan(
+            task, state, None, sample_id=sample_id, optimal_length=optimal_length, parse_error="no prediction"
+        )
     parsed = parse_plan(response)
-    return score_plan(task, state, parsed.actions, sample_id=sample_id, optimal_length=optimal_length,
-                      parse_error=parsed.error)
+    return score_plan(
+        task,
+        state,
+        parsed.actions,
+        sample_id=sample_id,
+        optimal_length=optimal_length,
+        parse_error=parsed.error,
+    )
 
 
 # -- aggregation ------------------------------------------------------------------------------------
+
 
 def _cells(rows: Sequence[Mapping[str, Any]]) -> dict[tuple[str, int], np.ndarray]:
     """Per (task, level): a (n, len(METRICS)) float matrix of the per-sample metric values."""
@@ -106,7 +125,7 @@ def _cells(rows: Sequence[Mapping[str, Any]]) -> dict[tuple[str, int], np.ndarra
 
 
 def _means(x: np.ndarray) -> dict[str, float]:
-    return {m: float(v) for m, v in zip(METRICS, x.mean(axis=0))}
+    return {m: float(v) for m, v in zip(METRICS, x.mean(axis=0), strict=True)}
 
 
 def _level_balanced(cells: Mapping[tuple[str, int], np.ndarray], task: str) -> np.ndarray:
@@ -118,9 +137,7 @@ def _macro(cells: Mapping[tuple[str, int], np.ndarray]) -> np.ndarray:
     return np.mean([_level_balanced(cells, t) for t in tasks], axis=0)
 
 
-def _bootstrap(
-    cells: Mapping[tuple[str, int], np.ndarray], n_boot: int, seed: int
-) -> dict[str, Any]:
+def _bootstrap(cells: Mapping[tuple[str, int], np.ndarray], n_boot: int, seed: int) -> dict[str, Any]:
     """Bootstrap replicates of the micro, per-task and macro means (resampling within cells)."""
     rng = np.random.default_rng(seed)
     # Per cell, a (n_boot, n_metrics) matrix of resampled cell means.
@@ -139,13 +156,18 @@ def _bootstrap(
         per_task_micro[t] = sum(boot_means[k] * sizes[k] for k in keys) / n_t
         per_task_balanced[t] = np.mean([boot_means[k] for k in keys], axis=0)
     macro = np.mean([per_task_balanced[t] for t in tasks], axis=0)
-    return {"micro": micro, "task": per_task_micro, "task_balanced": per_task_balanced,
-            "macro": macro, "cell": boot_means}
+    return {
+        "micro": micro,
+        "task": per_task_micro,
+        "task_balanced": per_task_balanced,
+        "macro": macro,
+        "cell": boot_means,
+    }
 
 
 def _interval(reps: np.ndarray) -> dict[str, list[float]]:
     lo, hi = np.percentile(reps, [2.5, 97.5], axis=0)
-    return {m: [float(a), float(b)] for m, a, b in zip(METRICS, lo, hi)}
+    return {m: [float(a), float(b)] for m, a, b in zip(METRICS, lo, hi, strict=True)}
 
 
 def aggregate(rows: Iterable[Mapping[str, Any]], *, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
@@ -162,17 +184,25 @@ def aggregate(rows: Iterable[Mapping[str, Any]], *, n_boot: int = 1000, seed: in
         x = np.concatenate([v for (tt, _), v in cells.items() if tt == t])
         balanced = _level_balanced(cells, t)
         out["by_task"][t] = {
-            "n": len(x), **_means(x), "ci": _interval(boot["task"][t]),
-            "level_balanced": {m: float(v) for m, v in zip(METRICS, balanced)},
+            "n": len(x),
+            **_means(x),
+            "ci": _interval(boot["task"][t]),
+            "level_balanced": {m: float(v) for m, v in zip(METRICS, balanced, strict=True)},
             "level_balanced_ci": _interval(boot["task_balanced"][t]),
         }
     out["by_task_level"] = {
-        f"{t}/{lv}": {"task": t, "level": lv, "n": len(x), **_means(x), "ci": _interval(boot["cell"][(t, lv)])}
+        f"{t}/{lv}": {
+            "task": t,
+            "level": lv,
+            "n": len(x),
+            **_means(x),
+            "ci": _interval(boot["cell"][(t, lv)]),
+        }
         for (t, lv), x in cells.items()
     }
     macro = _macro(cells)
     out["macro"] = {
-        **{m: float(v) for m, v in zip(METRICS, macro)},
+        **{m: float(v) for m, v in zip(METRICS, macro, strict=True)},
         "ci": _interval(boot["macro"]),
         "definition": "mean over tasks of level-balanced task scores",
         "tasks": sorted({t for t, _ in cells}),
@@ -218,6 +248,9 @@ def score_rows(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     for r in rows:
         task = get_task(r["task"])
         state = task.load_state(r["state"]) if isinstance(r["state"], str) else r["state"]
-        out.append(score_response(task, state, r.get("response"), sample_id=r["id"],
-                                  optimal_length=int(r["optimal_length"])).to_dict())
+        out.append(
+            score_response(
+                task, state, r.get("response"), sample_id=r["id"], optimal_length=int(r["optimal_length"])
+            ).to_dict()
+        )
     return out

@@ -57,7 +57,9 @@ def score_dataset(
             response = f"<answer>{s['optimal_plan']}</answer>"
         else:
             response = predictions.get(s["id"])
-        row = score_response(task, state, response, sample_id=s["id"], optimal_length=int(s["optimal_length"]))
+        row = score_response(
+            task, state, response, sample_id=s["id"], optimal_length=int(s["optimal_length"])
+        )
         scored.append({**row.to_dict(), "missing": response is None})
     return scored
 
@@ -70,8 +72,9 @@ def write_jsonl(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
     os.replace(tmp, path)
 
 
-def write_results(out: str | Path, scored: Sequence[Mapping[str, Any]], extra: Mapping[str, Any] | None = None
-                  ) -> dict[str, Any]:
+def write_results(
+    out: str | Path, scored: Sequence[Mapping[str, Any]], extra: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """Write ``samples.jsonl`` then ``metrics.json`` (last, so its presence means the run finished)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -91,5 +94,6 @@ def eval_plans(data: Sequence[str | Path], out: str | Path, predictions: str | P
     if not samples:
         raise DataError("the dataset is empty")
     preds = read_predictions(predictions) if predictions is not None else None
-    return write_results(out, score_dataset(samples, preds),
-                         {"predictions": "oracle" if preds is None else str(predictions)})
+    return write_results(
+        out, score_dataset(samples, preds), {"predictions": "oracle" if preds is None else str(predictions)}
+    )

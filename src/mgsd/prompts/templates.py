@@ -60,36 +60,42 @@ _THINGS = {"frozenlake": "holes", "maze": "open directions of every cell", "mini
 
 def student_prompt(task: Task) -> str:
     """The visual student's instruction; the image follows it in the same user turn."""
-    return "\n".join([
-        f"You are solving a {task.title} puzzle shown in the image.",
-        GOAL[task.name],
-        IMAGE_LEGEND[task.name],
-        RULES[task.name],
-        _OUTPUT.format(things=_THINGS[task.name], fmt=ANSWER_FORMAT[task.name]),
-    ])
+    return "\n".join(
+        [
+            f"You are solving a {task.title} puzzle shown in the image.",
+            GOAL[task.name],
+            IMAGE_LEGEND[task.name],
+            RULES[task.name],
+            _OUTPUT.format(things=_THINGS[task.name], fmt=ANSWER_FORMAT[task.name]),
+        ]
+    )
 
 
 def text_student_prompt(task: Task, state: dict[str, Any]) -> str:
     """The same problem for a text-only student: the symbolic state replaces the image."""
-    return "\n".join([
-        f"You are solving a {task.title} puzzle described in text.",
-        GOAL[task.name],
-        RULES[task.name],
-        _OUTPUT.format(things=_THINGS[task.name], fmt=ANSWER_FORMAT[task.name]),
-        "",
-        task.symbolic_text(state),
-    ])
+    return "\n".join(
+        [
+            f"You are solving a {task.title} puzzle described in text.",
+            GOAL[task.name],
+            RULES[task.name],
+            _OUTPUT.format(things=_THINGS[task.name], fmt=ANSWER_FORMAT[task.name]),
+            "",
+            task.symbolic_text(state),
+        ]
+    )
 
 
 def teacher_system(task: Task) -> str:
     """The privileged teacher's system turn: same task and output format, symbolic input."""
-    return "\n".join([
-        f"You are an expert {task.title} planner. The puzzle is given to you as an exact symbolic "
-        "description instead of an image.",
-        GOAL[task.name],
-        RULES[task.name],
-        _OUTPUT.format(things=_THINGS[task.name], fmt=ANSWER_FORMAT[task.name]),
-    ])
+    return "\n".join(
+        [
+            f"You are an expert {task.title} planner. The puzzle is given to you as an exact symbolic "
+            "description instead of an image.",
+            GOAL[task.name],
+            RULES[task.name],
+            _OUTPUT.format(things=_THINGS[task.name], fmt=ANSWER_FORMAT[task.name]),
+        ]
+    )
 
 
 def teacher_context(task: Task, state: dict[str, Any], plan: str | None = None) -> str:
@@ -103,8 +109,11 @@ def teacher_context(task: Task, state: dict[str, Any], plan: str | None = None) 
 def perception_prompt(task: Task, state: dict[str, Any]) -> str:
     """Numbered perception questions about the image (the questions do not depend on the state)."""
     items = task.perception(state)
-    lines = [f"Answer these questions about the {task.title} image.", IMAGE_LEGEND[task.name],
-             "Use 0-based (row,col) coordinates and answer each question on its own numbered line."]
+    lines = [
+        f"Answer these questions about the {task.title} image.",
+        IMAGE_LEGEND[task.name],
+        "Use 0-based (row,col) coordinates and answer each question on its own numbered line.",
+    ]
     lines += [f"{i}. {item.question}" for i, item in enumerate(items, start=1)]
     return "\n".join(lines)
 

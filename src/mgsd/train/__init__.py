@@ -1,0 +1,1 @@
+"""Training: one loop on accelerate, stage objectives (SFT, on-policy self-distillation)."""

@@ -1,0 +1,87 @@
+"""Training objectives, each readable top to bottom. Shapes: B sequences x R response tokens (x V vocab).
+
+``mask`` is 1 for response tokens that count (up to and including the end-of-turn token) and 0 for
+prompt and padding. Every loss is a masked mean over tokens of the whole batch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    mask = mask.to(x.dtype)
+    return (x * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def sft_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """Next-token cross-entropy on the labelled (assistant) tokens. ``logits``: (B, T, V), ``labels``:
+    (B, T) already aligned with the logits (label t is the token predicted at position t)."""
+    return F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1), ignore_index=ignore_index
+    )
+
+
+def reverse_kl_advantages(
+    teacher_logp: torch.Tensor, student_logp: torch.Tensor, mask: torch.Tensor, clip: float | None = None
+) -> torch.Tensor:
+    """The MGSD per-token advantage ``log p_teacher(y_t) - log p_student(y_t)`` on the student's own
+    sampled tokens: positive where the privileged teacher likes the token more than the student does.
+    Optionally clipped to [-clip, clip] per token. Detached: it is a reward, not a path for gradients."""
+    adv = (teacher_logp - student_logp).detach()
+    if clip is not None:
+        adv = adv.clamp(-clip, clip)
+    return adv * mask
+
+
+def policy_gradient_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    ratio_clip: float | None = None,
+) -> torch.Tensor:
+    """Sampled-token policy gradient. On-policy (``logp == old_logp``) its gradient is
+    ``-mean(A_t * grad log p(y_t))``, i.e. a per-token estimate of the reverse-KL gradient when ``A`` is
+    the teacher-student log-ratio. With ``ratio_clip`` it is PPO's clipped surrogate, for reusing one
+    rollout batch for several updates."""
+    ratio = torch.exp(logp - old_logp.detach())
+    surrogate = ratio * advantages
+    if ratio_clip is not None:
+        clipped = ratio.clamp(1 - ratio_clip, 1 + ratio_clip) * advantages
+        surrogate = torch.minimum(surrogate, clipped)
+    return -masked_mean(surrogate, mask)
+
+
+def full_reverse_kl(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor, top_k: int | None = None
+) -> torch.Tensor:
+    """Exact per-position reverse KL(student || teacher) over the vocabulary, at the student's sampled
+    prefixes. With ``top_k`` the sum runs over the student's k most likely tokens, both distributions
+    renormalised on that support (cheaper, lower variance than the sampled estimate)."""
+    s = F.log_softmax(student_logits.float(), dim=-1)
+    t = F.log_softmax(teacher_logits.float(), dim=-1).detach()
+    if top_k is not None:
+        idx = s.topk(top_k, dim=-1).indices
+        s = F.log_softmax(s.gather(-1, idx), dim=-1)
+        t = F.log_softmax(t.gather(-1, idx), dim=-1)
+    kl = (s.exp() * (s - t)).sum(-1)
+    return masked_mean(kl, mask)
+
+
+def generalized_jsd(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor, beta: float = 0.5
+) -> torch.Tensor:
+    """Generalised Jensen-Shannon divergence (GKD): ``beta`` -> 0 approaches forward KL(teacher||student)
+    in gradient, ``beta`` -> 1 reverse KL(student||teacher); 0.5 is the symmetric JSD."""
+    if not 0.0 < beta < 1.0:
+        raise ValueError("beta must be in (0, 1); use full_reverse_kl for beta = 1")
+    s = F.log_softmax(student_logits.float(), dim=-1)
+    t = F.log_softmax(teacher_logits.float(), dim=-1).detach()
+    log_m = torch.logsumexp(
+        torch.stack([s + torch.log1p(torch.tensor(-beta)), t + torch.log(torch.tensor(beta))]), 0
+    )
+    kl_t = (t.exp() * (t - log_m)).sum(-1)
+    kl_s = (s.exp() * (s - log_m)).sum(-1)
+    return masked_mean(beta * kl_t + (1 - beta) * kl_s, mask)

@@ -1,0 +1,65 @@
+import pytest
+
+from mgsd.eval.perception import parse_section, score_perception, split_sections
+from mgsd.prompts import perception_target
+from mgsd.tasks import TASK_NAMES, PerceptionItem, get_task
+
+
+def items():
+    return [
+        PerceptionItem("size", "size", "How big?", "4x4"),
+        PerceptionItem("player", "position", "Where is the player?", "(3,1)"),
+        PerceptionItem("holes", "cells", "Where are the holes?", "none"),
+        PerceptionItem("moves", "actions", "Legal moves?", "up, right"),
+        PerceptionItem("open", "open_dirs", "Open directions?", "(0,0): right\n(0,1): left, down"),
+    ]
+
+
+def test_sections_split_on_numbers():
+    assert split_sections("1. a\n2) b\nmore\n3. c") == {1: "a", 2: "b\nmore", 3: "c"}
+
+
+def test_exact_answers_score_all_correct():
+    r = score_perception(
+        items(), "1. 4x4\n2. (3, 1)\n3. none\n4. right, up\n5. (0,0): right\n(0,1): down, left"
+    )
+    assert r["all_correct"] and r["accuracy"] == 1.0
+
+
+def test_missing_section_is_wrong_even_when_target_is_empty():
+    r = score_perception(items(), "1. 4x4\n2. (3,1)")
+    assert r["questions"]["holes"] is False  # "none" target vs missing section: not a free point
+    assert r["questions"]["size"] and r["questions"]["player"]
+    assert score_perception(items(), None)["accuracy"] == 0.0
+
+
+@pytest.mark.parametrize(
+    ("kind", "text", "value"),
+    [
+        ("size", "The map is 5x5.", (5, 5)),
+        ("size", "6", (6, 6)),
+        ("position", "(2,3) and (1,1)", None),  # two positions: ambiguous, wrong
+        ("cells", "(1,2); (0,0)", frozenset({(1, 2), (0, 0)})),
+        ("cells", "I am not sure", None),
+        ("actions", "none", frozenset()),
+        ("open_dirs", "(0,0): none\n(0,1): up", {(0, 0): frozenset(), (0, 1): frozenset({"up"})}),
+    ],
+)
+def test_parse_section(kind, text, value):
+    assert parse_section(kind, text) == value
+
+
+def test_wrong_set_member_is_wrong():
+    r = score_perception(items(), "1. 4x4\n2. (3,1)\n3. (1,1)\n4. up\n5. (0,0): right\n(0,1): left, down")
+    assert not r["questions"]["holes"] and not r["questions"]["moves"] and r["questions"]["open"]
+
+
+@pytest.mark.parametrize("name", TASK_NAMES)
+def test_every_task_target_scores_perfectly(name):
+    import random
+
+    task = get_task(name)
+    for seed in range(20):
+        state = task.generate(task.levels[seed % len(task.levels)], random.Random(seed))
+        r = score_perception(task.perception(state), perception_target(task, state))
+        assert r["all_correct"], (name, state)
