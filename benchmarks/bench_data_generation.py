@@ -22,7 +22,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--n", type=int, default=600, help="samples per task")
     args = ap.parse_args()
-    print(f"{'task':<15}{'level':>6}{'samples/s':>12}{'no-render/s':>13}{'reference/s':>13}{'ratio':>8}")
+    print(
+        f"{'task':<15}{'level':>6}{'1 core/s':>10}{'ratio':>7}{'2 workers/s':>13}{'ratio':>7}"
+        f"{'no-render/s':>13}{'reference/s':>13}"
+    )
     for (name, level), ref in REFERENCE.items():
         task = get_task(name)
         generate_rows(task, [level], 20, split="warmup", seed=1, progress=False)  # sprite caches etc.
@@ -30,9 +33,15 @@ def main() -> None:
         generate_rows(task, [level], args.n, split="bench", seed=0, progress=False)
         full = args.n / (time.perf_counter() - t0)
         t0 = time.perf_counter()
+        generate_rows(task, [level], args.n, split="bench", seed=0, progress=False, workers=2)
+        two = args.n / (time.perf_counter() - t0)
+        t0 = time.perf_counter()
         generate_rows(task, [level], args.n, split="bench", seed=0, render=False, progress=False)
         bare = args.n / (time.perf_counter() - t0)
-        print(f"{name:<15}{level:>6}{full:>12.0f}{bare:>13.0f}{ref:>13.0f}{full / ref:>7.1f}x")
+        print(
+            f"{name:<15}{level:>6}{full:>10.0f}{full / ref:>6.1f}x{two:>13.0f}{two / ref:>6.1f}x"
+            f"{bare:>13.0f}{ref:>13.0f}"
+        )
 
 
 if __name__ == "__main__":

@@ -230,3 +230,10 @@ def test_corrupt_parquet_is_a_clear_error(tmp_path):
     (tmp_path / "bad.parquet").write_bytes(b"not parquet at all")
     with pytest.raises(DataError, match="cannot read"):
         read_rows(tmp_path)
+
+
+def test_generation_does_not_depend_on_worker_count():
+    task = get_task("minibehaviour")
+    one = generate_rows(task, [5, 6], 40, split="test", seed=2, progress=False, workers=1)
+    two = generate_rows(task, [5, 6], 40, split="test", seed=2, progress=False, workers=2)
+    assert one == two

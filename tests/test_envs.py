@@ -63,7 +63,7 @@ def test_invalid_action_terminates_with_reason(task) -> None:
         bad = [(i, t.invalid) for i, a in enumerate(task.actions) if (t := task.step(state, sim, a)).invalid]
         if bad:
             index, reason = bad[0]
-            obs, reward, terminated, truncated, info = env.step(index)
+            _, reward, terminated, truncated, info = env.step(index)
             assert (reward, terminated, truncated) == (0.0, True, False)
             assert info["invalid"] == reason
             assert info["position"] == task.position(sim)

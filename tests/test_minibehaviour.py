@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from collections import deque
@@ -118,6 +119,15 @@ def test_generate_bucket_hits_the_requested_bucket(level: int, bucket: str) -> N
         assert TASK.difficulty(state) == bucket
 
 
+def test_unbucketed_draws_resemble_visualplanning_lengths() -> None:
+    # VisualPlanning test set: mean optimal length 5.24 (level 5) and 6.27 (level 6).
+    rng = random.Random(3)
+    for level, target in ((5, 5.24), (6, 6.27)):
+        lengths = [len(TASK.solve(TASK.generate_bucket(level, rng, None))) for _ in range(400)]
+        assert min(lengths) == 2
+        assert abs(sum(lengths) / len(lengths) - target) < 0.35
+
+
 def test_bucket_boundaries_and_bad_arguments() -> None:
     assert [bucket_of(n, 5) for n in (2, 4, 5, 6, 7)] == ["easy", "easy", "medium", "medium", "hard"]
     with pytest.raises(ValueError, match="level"):
@@ -184,7 +194,7 @@ def actions_from_trajectory(states: list) -> list[str]:
     """Actions of a VisualPlanning ``input_state`` trajectory [[[r, c], carrying], ...]."""
     names = {v: k for k, v in STEP.items()}
     out = []
-    for ((r0, c0), held0), ((r1, c1), held1) in zip(states, states[1:]):
+    for ((r0, c0), held0), ((r1, c1), held1) in itertools.pairwise(states):
         if (r0, c0) != (r1, c1):
             assert held0 == held1
             out.append(names[(r1 - r0, c1 - c0)])
@@ -318,5 +328,7 @@ def test_symbolic_text_and_perception() -> None:
     assert answers[4] == "(0,2), (1,1), (1,3)"
     assert answers[5] == "(1,2), (1,3), (1,4), (2,1), (3,1), (4,2), (4,3), (4,4)"
     assert answers[6] == "up, down, left"  # right is the table
-    boxed = TASK.validate({"size": 3, "agent": [2, 0], "printer": [2, 1], "table": make((0, 0), (0, 0), (0, 0))["table"]})
+    boxed = TASK.validate(
+        {"size": 3, "agent": [2, 0], "printer": [2, 1], "table": make((0, 0), (0, 0), (0, 0))["table"]}
+    )
     assert TASK.perception(boxed)[6].answer == "none"

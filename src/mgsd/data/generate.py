@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
 from mgsd.data.io import png_bytes, read_rows, write_manifest, write_rows
-from mgsd.tasks import Task
+from mgsd.tasks import Task, get_task
 
 # Consecutive duplicates tolerated per sample before concluding a level is exhausted (small levels,
 # e.g. Maze 3x3, have only thousands of distinct instances).
@@ -22,6 +24,23 @@ def sample_seed(seed: int, task: str, split: str, level: int, attempt: int) -> i
     """Independent per-draw seed: no formula collisions across tasks, splits or levels."""
     digest = hashlib.blake2b(f"{seed}/{task}/{split}/{level}/{attempt}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little")
+
+
+def _draw(job: tuple[str, int, int, bool]) -> tuple[str, str, int, bytes]:
+    """One generation attempt, fully processed: (state key, plan, plan length, PNG bytes).
+
+    Runs in worker processes; its result depends only on the job, never on which worker ran it."""
+    name, draw_seed, level, render = job
+    task = get_task(name)
+    state = task.generate(level, random.Random(draw_seed))
+    plan = task.solve(state)
+    assert plan is not None, "generators only return solvable states"
+    image = png_bytes(task.render(state)) if render else b""
+    return task.dump_state(state), task.format_plan(plan), len(plan), image
+
+
+def default_workers() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
 
 
 def state_keys(task: Task, datasets: Iterable[str | Path]) -> set[str]:
@@ -44,9 +63,12 @@ def generate_rows(
     exclude: set[str] | None = None,
     render: bool = True,
     progress: bool = True,
+    workers: int = 1,
 ) -> list[dict[str, Any]]:
     """``per_level`` unique instances per level. ``exclude`` (canonical keys) is extended in place,
-    so consecutive calls sharing it never repeat a state across splits."""
+    so consecutive calls sharing it never repeat a state across splits. States are drawn sequentially
+    (deduplication is order-dependent); rendering is spread over ``workers`` processes. The result
+    does not depend on ``workers``."""
     seen = exclude if exclude is not None else set()
     rows: list[dict[str, Any]] = []
     bar = tqdm(
@@ -56,41 +78,49 @@ def generate_rows(
         disable=not progress,
         leave=False,
     )
-    for level in levels:
-        attempt = 0
-        for index in range(per_level):
-            duplicates = 0
-            while True:
-                rng = random.Random(sample_seed(seed, task.name, split, level, attempt))
-                attempt += 1
-                state = task.generate(level, rng)
-                key = task.dump_state(state)
-                if key not in seen:
-                    break
-                duplicates += 1
-                if duplicates >= MAX_DUPLICATE_RUN:
-                    raise ValueError(
-                        f"{task.name} level {level}: could only make {index} unique instances for split "
-                        f"{split!r} (the level is nearly exhausted); ask for fewer per level"
+    pool = ProcessPoolExecutor(workers) if workers > 1 and per_level * len(levels) >= 64 else None
+    batch = 64 if pool else 1
+    try:
+        for level in levels:
+            attempt, index, duplicates = 0, 0, 0
+            while index < per_level:
+                jobs = [
+                    (task.name, sample_seed(seed, task.name, split, level, a), level, render)
+                    for a in range(attempt, attempt + batch)
+                ]
+                attempt += batch
+                results = pool.map(_draw, jobs, chunksize=8) if pool else map(_draw, jobs)
+                for key, plan, length, image in results:
+                    if index == per_level:
+                        break  # the rest of the batch is discarded, as if never drawn
+                    if key in seen:
+                        duplicates += 1
+                        if duplicates >= MAX_DUPLICATE_RUN:
+                            raise ValueError(
+                                f"{task.name} level {level}: could only make {index} unique instances for "
+                                f"split {split!r} (the level is nearly exhausted); ask for fewer per level"
+                            )
+                        continue
+                    seen.add(key)
+                    rows.append(
+                        {
+                            "id": f"{task.name}/{split}/level{level}/{index:05d}",
+                            "task": task.name,
+                            "level": level,
+                            "split": split,
+                            "state": key,
+                            "image": image,
+                            "optimal_plan": plan,
+                            "optimal_length": length,
+                            "source": "mgsd",
+                        }
                     )
-            seen.add(key)
-            plan = task.solve(state)
-            assert plan is not None, "generators only return solvable states"
-            rows.append(
-                {
-                    "id": f"{task.name}/{split}/level{level}/{index:05d}",
-                    "task": task.name,
-                    "level": level,
-                    "split": split,
-                    "state": key,
-                    "image": png_bytes(task.render(state)) if render else b"",
-                    "optimal_plan": task.format_plan(plan),
-                    "optimal_length": len(plan),
-                    "source": "mgsd",
-                }
-            )
-            bar.update()
-    bar.close()
+                    index, duplicates = index + 1, 0
+                    bar.update()
+    finally:
+        if pool:
+            pool.shutdown(cancel_futures=True)
+        bar.close()
     return rows
 
 
@@ -105,6 +135,7 @@ def generate_dataset(
     exclude_dirs: Sequence[str | Path] = (),
     exclude: set[str] | None = None,
     progress: bool = True,
+    workers: int | None = None,
 ) -> Path:
     """Generate and write ``OUT/{task}-{split}.parquet`` plus a manifest; returns the file path."""
     out = Path(out)
@@ -112,7 +143,16 @@ def generate_dataset(
     if exclude is not None:
         keys |= exclude
     n_excluded = len(keys)
-    rows = generate_rows(task, levels, per_level, split=split, seed=seed, exclude=keys, progress=progress)
+    rows = generate_rows(
+        task,
+        levels,
+        per_level,
+        split=split,
+        seed=seed,
+        exclude=keys,
+        progress=progress,
+        workers=default_workers() if workers is None else workers,
+    )
     if exclude is not None:
         exclude |= keys
     path = write_rows(rows, out / f"{task.name}-{split}.parquet")

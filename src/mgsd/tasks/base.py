@@ -215,7 +215,9 @@ class Task(ABC):
                     frontier.append(p)
         return dist
 
-    def progress(self, state: dict[str, Any], plan: Sequence[str], optimal_length: int | None = None) -> float:
+    def progress(
+        self, state: dict[str, Any], plan: Sequence[str], optimal_length: int | None = None
+    ) -> float:
         """Progress rate: the longest valid prefix of ``plan`` whose every action strictly lowers
         the optimal distance-to-go, divided by the optimal plan length (1.0 for an optimal plan).
         """

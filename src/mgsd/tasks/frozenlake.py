@@ -1,0 +1,322 @@
+"""FrozenLake: walk from the start S to the goal G over frozen tiles F without entering a hole H.
+
+Canonical state: ``{"grid": ["SFFH", "FHFF", ...]}``, a square L x L map (L is the level) with
+exactly one S (which is also where the player stands) and one G. The lake is non-slippery, and a
+move off the grid ends the episode in failure, as in the benchmark evaluator (TASKS.md §1.3).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import random
+from collections import deque
+from collections.abc import Hashable, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+from PIL import Image, ImageDraw
+
+from mgsd.tasks.base import MOVES, Cell, PerceptionItem, Task, Transition
+
+TILES = frozenset("SFHG")
+VSP_SYMBOLS: dict[str, str] = {"@": "S", "*": "G", "#": "H", "_": "F"}
+
+# Probability that a tile is frozen. Measured on the VSP maps in shared/data/vsp_examples
+# (8 maps per level), holes / cells other than S and G:
+#   L3 11/56 = 0.196, L4 24/112 = 0.214, L5 41/184 = 0.223, L6 49/272 = 0.180,
+#   L7 60/376 = 0.160, L8 91/496 = 0.183; pooled 276/1496 = 0.184.
+# The per-level spread is within sampling noise (8 clustered maps, standard error ~0.03-0.05),
+# so one p is used for every level. Placing S and G on frozen cells leaves slightly more holes
+# among the other cells than 1 - p, and rejecting unsolvable maps slightly fewer. Simulated
+# (2000 maps per level), p = 0.82 gives 0.212/0.202/0.193/0.189/0.189/0.185 for L3..L8,
+# pooled 0.190, mean of levels 0.195 (VSP: pooled 0.184, mean of levels 0.193); p = 0.83 gives
+# pooled 0.178. (The reference default, 0.9, gives about half the VSP hole density.)
+FROZEN_PROBABILITY = 0.82
+
+# Perception questions: (key, answer kind, question), in order (content of TASKS.md §1.6).
+QUESTIONS: tuple[tuple[str, str, str], ...] = (
+    ("size", "size", "How many rows and columns does this FrozenLake map have?"),
+    ("player", "position", "Which cell (row,col) is the player standing on?"),
+    ("goal", "position", "Which cell (row,col) holds the goal?"),
+    ("holes", "cells", "Which cells (row,col) are holes? Answer none if there are none."),
+)
+
+# Rendering: gymnasium's FrozenLake sprites at 64-px cells (the reference and the VSP images),
+# pasted with nearest-neighbour scaling like gym's pygame renderer; with gymnasium <= 1.3 this
+# reproduces the VSP PNGs pixel for pixel. gymnasium 1.4 replaced the art (new file names), so
+# that set is used as a fallback; it looks different from the VSP images.
+BASE_CELL = 64
+GRID_COLOUR = (180, 200, 230)
+_SPRITE_SETS: tuple[dict[str, str], ...] = (
+    {"ice": "ice.png", "H": "hole.png", "G": "goal.png", "S": "stool.png", "elf": "elf_down.png"},
+    {
+        "ice": "tile_ice.png",
+        "H": "tile_hole.png",
+        "G": "goal_flag.png",
+        "S": "stool.png",
+        "elf": "elf_down.png",
+    },
+)
+_BASE_TILES: dict[str, Image.Image] = {}  # tile kind -> 64-px RGB tile
+_TILES: dict[tuple[str, int, int, float, float], Image.Image] = {}  # resized tiles, see _tile
+
+
+def _sprite_dir() -> Path:
+    """gymnasium's toy-text sprite folder, found without importing gymnasium."""
+    spec = importlib.util.find_spec("gymnasium")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("rendering FrozenLake needs gymnasium installed (it ships the sprites)")
+    return Path(next(iter(spec.submodule_search_locations))) / "envs" / "toy_text" / "img"
+
+
+def sprite_files() -> dict[str, Path]:
+    """The sprite files used for rendering: the classic gym set if installed, else gymnasium 1.4's."""
+    folder = _sprite_dir()
+    for names in _SPRITE_SETS:
+        paths = {k: folder / v for k, v in names.items()}
+        if all(p.is_file() for p in paths.values()):
+            return paths
+    raise RuntimeError(f"no known FrozenLake sprite set in the installed gymnasium ({folder.name}/)")
+
+
+def _paste_sprite(tile: Image.Image, path: Path) -> None:
+    sprite = Image.open(path).convert("RGBA")
+    scale = BASE_CELL / max(sprite.size)  # keep proportions; the classic sprites are square
+    w, h = max(1, round(sprite.width * scale)), max(1, round(sprite.height * scale))
+    sprite = sprite.resize((w, h), Image.NEAREST)
+    tile.alpha_composite(sprite, ((BASE_CELL - w) // 2, (BASE_CELL - h) // 2))
+
+
+def _base_tiles() -> dict[str, Image.Image]:
+    """One 64-px tile per map letter, drawn in the reference order (ice, object, outline, elf)."""
+    if not _BASE_TILES:
+        files = sprite_files()
+        for kind in "FHGS":
+            tile = Image.new("RGBA", (BASE_CELL, BASE_CELL), (255, 255, 255, 255))
+            _paste_sprite(tile, files["ice"])
+            if kind != "F":
+                _paste_sprite(tile, files[kind])
+            ImageDraw.Draw(tile).rectangle([0, 0, BASE_CELL - 1, BASE_CELL - 1], outline=GRID_COLOUR)
+            if kind == "S":  # the player stands on the start cell
+                _paste_sprite(tile, files["elf"])
+            _BASE_TILES[kind] = tile.convert("RGB")
+    return _BASE_TILES
+
+
+def _tile(kind: str, width: int, height: int, dx: float, dy: float, scale: float) -> Image.Image:
+    """A cached tile of ``width`` x ``height`` px, sampled as a LANCZOS resize of the whole 64-px
+    canvas would sample it: the source window starts ``dx``, ``dy`` px off the tile corner (cell
+    borders fall between output pixels) and neighbours are approximated by repeating the tile,
+    whose outline and ice match most neighbours' edges."""
+    key = (kind, width, height, round(dx, 4), round(dy, 4))
+    tile = _TILES.get(key)
+    if tile is None:
+        base = _base_tiles()[kind]
+        if (width, height, dx, dy) == (BASE_CELL, BASE_CELL, 0, 0):
+            tile = base
+        else:
+            pad = BASE_CELL // 4
+            padded = Image.new("RGB", (BASE_CELL + 2 * pad, BASE_CELL + 2 * pad))
+            for ox in (-BASE_CELL, 0, BASE_CELL):
+                for oy in (-BASE_CELL, 0, BASE_CELL):
+                    padded.paste(base, (pad + ox, pad + oy))
+            box = (pad + dx, pad + dy, pad + dx + width * scale, pad + dy + height * scale)
+            tile = padded.resize((width, height), Image.LANCZOS, box=box)
+        _TILES[key] = tile
+    return tile
+
+
+def _find(grid: Sequence[str], letter: str) -> Cell:
+    for r, row in enumerate(grid):
+        c = row.find(letter)
+        if c >= 0:
+            return (r, c)
+    raise ValueError(f"frozenlake map has no {letter}")
+
+
+def shortest_length(grid: Sequence[str]) -> int | None:
+    """Length of a shortest safe path from S to G (BFS over the grid), or None if there is none."""
+    n = len(grid)
+    start, goal = _find(grid, "S"), _find(grid, "G")
+    dist = {start: 0}
+    queue = deque([start])
+    while queue:
+        r, c = queue.popleft()
+        for dr, dc in MOVES.values():
+            nr, nc = r + dr, c + dc
+            if 0 <= nr < n and 0 <= nc < n and (nr, nc) not in dist and grid[nr][nc] != "H":
+                if (nr, nc) == goal:
+                    return dist[(r, c)] + 1
+                dist[(nr, nc)] = dist[(r, c)] + 1
+                queue.append((nr, nc))
+    return None
+
+
+def _cells(cells: Sequence[Cell]) -> str:
+    return ", ".join(f"({r},{c})" for r, c in cells) if cells else "none"
+
+
+class FrozenLake(Task):
+    """The FrozenLake task (VSP maps, levels 3-8)."""
+
+    name: ClassVar[str] = "frozenlake"
+    title: ClassVar[str] = "FrozenLake"
+    levels: ClassVar[tuple[int, ...]] = (3, 4, 5, 6, 7, 8)
+    actions: ClassVar[tuple[str, ...]] = ("L", "D", "R", "U")  # the reference BFS order
+    plan_separator: ClassVar[str] = ""
+
+    # -- instances -------------------------------------------------------------------------
+    def generate(self, level: int, rng: random.Random) -> dict[str, Any]:
+        """Each tile frozen with probability FROZEN_PROBABILITY, S and G on two distinct frozen
+        cells (adjacent pairs allowed: VSP has 1-step maps); redraw until G is reachable."""
+        if level not in self.levels:
+            raise ValueError(f"frozenlake level {level} is not one of {self.levels}")
+        while True:
+            tiles = ["F" if rng.random() < FROZEN_PROBABILITY else "H" for _ in range(level * level)]
+            free = [i for i, t in enumerate(tiles) if t == "F"]
+            if len(free) < 2:
+                continue
+            s, g = rng.sample(free, 2)
+            tiles[s], tiles[g] = "S", "G"
+            grid = ["".join(tiles[r * level : (r + 1) * level]) for r in range(level)]
+            if shortest_length(grid) is not None:
+                return {"grid": grid}
+
+    def validate(self, state: dict[str, Any]) -> dict[str, Any]:
+        if not isinstance(state, dict) or set(state) != {"grid"}:
+            keys = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"frozenlake state must be a dict with the single key 'grid', got {keys}")
+        raw = state["grid"]
+        if not isinstance(raw, (list, tuple)) or not raw:
+            raise ValueError("frozenlake grid must be a non-empty list of rows")
+        grid: list[str] = []
+        for r, row in enumerate(raw):
+            if isinstance(row, (list, tuple)) and all(isinstance(x, str) and len(x) == 1 for x in row):
+                row = "".join(row)
+            if not isinstance(row, str):
+                raise ValueError(f"frozenlake row {r} is not a string")
+            grid.append(row)
+        n = len(grid)
+        if n < 2 or any(len(row) != n for row in grid):
+            raise ValueError(
+                f"frozenlake grid must be square with side >= 2, got row lengths {[len(x) for x in grid]}"
+            )
+        bad = sorted(set("".join(grid)) - TILES)
+        if bad:
+            raise ValueError(f"frozenlake grid has unknown characters {bad} (allowed: S F H G)")
+        for letter in "SG":
+            count = sum(row.count(letter) for row in grid)
+            if count != 1:
+                raise ValueError(f"frozenlake grid must contain exactly one {letter}, found {count}")
+        if shortest_length(grid) is None:
+            raise ValueError("frozenlake map is unsolvable: the goal cannot be reached without a hole")
+        return {"grid": grid}
+
+    def level_of(self, state: dict[str, Any]) -> int:
+        return len(state["grid"])
+
+    # -- importers --------------------------------------------------------------------------
+    @classmethod
+    def from_visualplanning_meta(cls, meta: dict[str, Any]) -> dict[str, Any]:
+        """A state from a VisualPlanning test-set ``meta`` (``layout`` of S/F/H/G letters,
+        ``start_pos``/``target_pos`` flat ids r*L+c, ``level``)."""
+        try:
+            layout = meta["layout"]
+            grid = ["".join(row) for row in layout]
+            start, target = int(meta["start_pos"]), int(meta["target_pos"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"malformed VisualPlanning frozenlake meta: {exc!r}") from None
+        n = len(grid)
+        if "level" in meta and meta["level"] != n:
+            raise ValueError(f"VisualPlanning meta level {meta['level']} does not match a {n}-row layout")
+        state = cls().validate({"grid": grid})
+        for what, pos, letter in (("start_pos", start, "S"), ("target_pos", target, "G")):
+            if divmod(pos, n) != _find(state["grid"], letter):
+                raise ValueError(f"VisualPlanning meta {what}={pos} is not the {letter} cell of the layout")
+        return state
+
+    @classmethod
+    def from_vsp_table(cls, text: str) -> dict[str, Any]:
+        """A state from a VSP ``table/{k}.txt`` file (rows ``| Row i | @ | _ | ...``)."""
+        grid: list[str] = []
+        for line in text.splitlines():
+            cells = [x.strip() for x in line.strip().strip("|").split("|")]
+            if not cells or not cells[0].startswith("Row"):
+                continue  # the header row ("| | Col 1 | ...") and anything else
+            try:
+                grid.append("".join(VSP_SYMBOLS[x] for x in cells[1:]))
+            except KeyError as exc:
+                raise ValueError(f"VSP table has an unknown symbol {exc.args[0]!r} in {cells[0]!r}") from None
+        if not grid:
+            raise ValueError("VSP table has no '| Row' lines")
+        return cls().validate({"grid": grid})
+
+    # -- the simulator ----------------------------------------------------------------------
+    def initial(self, state: dict[str, Any]) -> Hashable:
+        return _find(state["grid"], "S")
+
+    def step(self, state: dict[str, Any], sim: Hashable, action: str) -> Transition:
+        move = MOVES.get(action)
+        if move is None:
+            return Transition(sim, invalid=f"unknown_action:{action}")
+        grid = state["grid"]
+        r, c = sim  # type: ignore[misc]
+        nr, nc = r + move[0], c + move[1]
+        if not (0 <= nr < len(grid) and 0 <= nc < len(grid)):
+            return Transition(sim, invalid=f"out_of_bounds:{action}")
+        tile = grid[nr][nc]
+        if tile == "H":
+            return Transition(sim, invalid="fell_into_hole")
+        return Transition((nr, nc), success=tile == "G")
+
+    def position(self, sim: Hashable) -> Cell:
+        return sim  # type: ignore[return-value]
+
+    # -- views ------------------------------------------------------------------------------
+    def render(self, state: dict[str, Any], size: int = 256) -> Image.Image:
+        """The reference look (64-px gym-sprite cells, LANCZOS-resized to ``size``) built from
+        cached pre-resized tiles, so a render is L*L pastes."""
+        grid = state["grid"]
+        n = len(grid)
+        scale = BASE_CELL * n / size  # canvas px per output px
+        edges = [round(i * size / n) for i in range(n + 1)]  # cell borders; widths differ by <= 1 px
+        offsets = [edges[i] * scale - BASE_CELL * i for i in range(n)]  # where each cell's window starts
+        image = Image.new("RGB", (size, size))
+        for r, row in enumerate(grid):
+            y, h = edges[r], edges[r + 1] - edges[r]
+            for c, kind in enumerate(row):
+                tile = _tile(kind, edges[c + 1] - edges[c], h, offsets[c], offsets[r], scale)
+                image.paste(tile, (edges[c], y))
+        return image
+
+    def holes(self, state: dict[str, Any]) -> list[Cell]:
+        """Hole cells in row-major order."""
+        return [(r, c) for r, row in enumerate(state["grid"]) for c, t in enumerate(row) if t == "H"]
+
+    def symbolic_text(self, state: dict[str, Any]) -> str:
+        grid = state["grid"]
+        n = len(grid)
+        (sr, sc), (gr, gc) = _find(grid, "S"), _find(grid, "G")
+        lines = [
+            f"Task: {self.title}",
+            f"Map size: {n}x{n} (cells are (row,col), 0-based, row 0 at the top)",
+            f"Start (player): ({sr},{sc})",
+            f"Goal: ({gr},{gc})",
+            f"Holes: {_cells(self.holes(state))}",
+            "Legend: S = start, F = frozen and safe, H = hole, G = goal",
+            "Map rows, top to bottom:",
+            *grid,
+        ]
+        return "\n".join(lines)
+
+    def perception(self, state: dict[str, Any]) -> list[PerceptionItem]:
+        grid = state["grid"]
+        n = len(grid)
+        (sr, sc), (gr, gc) = _find(grid, "S"), _find(grid, "G")
+        answers = {
+            "size": f"{n}x{n}",
+            "player": f"({sr},{sc})",
+            "goal": f"({gr},{gc})",
+            "holes": _cells(self.holes(state)),
+        }
+        return [PerceptionItem(key, kind, question, answers[key]) for key, kind, question in QUESTIONS]
