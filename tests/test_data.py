@@ -109,7 +109,7 @@ def test_import_visualplanning(shared_data, tmp_path, name):
     rows = read_rows(import_visualplanning(src, name, tmp_path, progress=False))
     assert len(rows) == 5
     lines = [json.loads(x) for x in src.read_text().splitlines()]
-    for r, line in zip(rows, lines):
+    for r, line in zip(rows, lines, strict=True):
         # VisualPlanning's input_state is the optimal trajectory: its length - 1 is the optimal plan length.
         assert r["optimal_length"] == len(line["input_state"]) - 1
         assert r["id"] == f"visualplanning/{name}/{line['meta'].get('idx', lines.index(line))}"

@@ -4,11 +4,12 @@ import pytest
 from mgsd.eval.metrics import METRICS, aggregate, paired_bootstrap_diff, score_response
 from mgsd.tasks import get_task
 
+_COUNTER = iter(range(10**9))
 
-def row(task, level, success, *, i=[0], optimal=None, progress=None, invalid=False, parse_failure=False):
-    i[0] += 1
+
+def row(task, level, success, *, optimal=None, progress=None, invalid=False, parse_failure=False):
     return {
-        "id": f"s{i[0]}",
+        "id": f"s{next(_COUNTER)}",
         "task": task,
         "level": level,
         "success": success,

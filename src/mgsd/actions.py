@@ -34,7 +34,27 @@ _ALIASES: dict[str, str] = {
 }
 # Words that may sit between actions without meaning anything ("move up, then right").
 _FILLER = frozenset(
-    "then and move moves go step steps action actions plan final answer is the to finally next first a".split()
+    [
+        "then",
+        "and",
+        "move",
+        "moves",
+        "go",
+        "step",
+        "steps",
+        "action",
+        "actions",
+        "plan",
+        "final",
+        "answer",
+        "is",
+        "the",
+        "to",
+        "finally",
+        "next",
+        "first",
+        "a",
+    ]
 )
 
 
