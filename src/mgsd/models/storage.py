@@ -1,0 +1,88 @@
+"""Model locations, dtypes and atomic directory writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from transformers.utils import logging as hf_logging
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """``"bfloat16"`` -> ``torch.bfloat16`` (None passes through)."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def resolve_model_path(path_or_id: str | os.PathLike[str]) -> str:
+    """A local model directory, or a hub id; anything else raises a one-line ``ValueError``."""
+    path = Path(path_or_id).expanduser()
+    if path.exists():
+        if not path.is_dir() or not (path / "config.json").is_file():
+            raise ValueError(f"not a model directory: {path} (no config.json)")
+        return str(path)
+    text = str(path_or_id)
+    if text.startswith((".", "/", "~")) or not _HUB_ID.match(text):
+        raise ValueError(f"not a model directory: {text} (no such directory)")
+    return text  # a hub id: transformers resolves it (or fails offline)
+
+
+@contextmanager
+def atomic_directory(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary sibling directory that replaces ``target`` only if the block succeeds."""
+    target = Path(target).resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the result should be an ordinary directory
+    try:
+        yield tmp
+        old = None
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+            os.replace(target, old)
+        os.replace(tmp, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def set_config_dtype(path: Path, dtype: str) -> None:
+    """Rewrite the ``dtype`` fields of a saved ``config.json``.
+
+    ``save_pretrained`` records the in-memory parameter dtype, not the dtype actually stored.
+    """
+    config = json.loads(path.read_text())
+    for section in (config, *(v for v in config.values() if isinstance(v, dict))):
+        if "dtype" in section:
+            section["dtype"] = dtype
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+@contextmanager
+def quiet_progress() -> Iterator[None]:
+    """No per-shard progress bars while loading or saving a small model."""
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()

@@ -1,0 +1,100 @@
+"""From dataset rows to training examples: what each objective shows the model and what it targets."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image
+
+from mgsd.data.io import decode_image
+from mgsd.prompts import (
+    perception_prompt,
+    perception_target,
+    reference_response,
+    student_prompt,
+    teacher_context,
+    teacher_system,
+    text_student_prompt,
+)
+from mgsd.tasks import get_task
+
+
+@dataclass(frozen=True)
+class Example:
+    id: str
+    task: str
+    level: int
+    state: str  # canonical JSON
+    prompt: str  # the student's user text
+    image: bytes | None  # PNG; None for a text-only student
+    target: str | None  # supervised target (SFT objectives)
+    teacher_system: str | None = None  # privileged teacher turn (OPSD)
+    teacher_prompt: str | None = None
+    optimal_length: int = 0
+
+    def pil_image(self) -> Image.Image | None:
+        return None if self.image is None else decode_image(self.image)
+
+
+def build_examples(
+    rows: Sequence[dict[str, Any]], objective: str, *, privileged: str = "state+plan"
+) -> list[Example]:
+    """Examples for ``objective``: ``perception`` (image -> numbered state), ``plan`` (image ->
+    reasoned plan), ``symbolic`` (text state -> reasoned plan), ``opsd`` (image prompt + privileged
+    teacher text; the target is kept for logging only)."""
+    out = []
+    for r in rows:
+        task = get_task(r["task"])
+        state = task.load_state(r["state"])
+        plan = r["optimal_plan"]
+        actions = plan.split(",") if task.plan_separator == "," else list(plan)
+        common = {
+            "id": r["id"],
+            "task": task.name,
+            "level": int(r["level"]),
+            "state": r["state"],
+            "optimal_length": int(r["optimal_length"]),
+        }
+        if objective == "perception":
+            out.append(
+                Example(
+                    **common,
+                    prompt=perception_prompt(task, state),
+                    image=r["image"],
+                    target=perception_target(task, state),
+                )
+            )
+        elif objective == "plan":
+            out.append(
+                Example(
+                    **common,
+                    prompt=student_prompt(task),
+                    image=r["image"],
+                    target=reference_response(task, state, actions),
+                )
+            )
+        elif objective == "symbolic":
+            out.append(
+                Example(
+                    **common,
+                    prompt=text_student_prompt(task, state),
+                    image=None,
+                    target=reference_response(task, state, actions),
+                )
+            )
+        elif objective == "opsd":
+            out.append(
+                Example(
+                    **common,
+                    prompt=student_prompt(task),
+                    image=r["image"],
+                    target=reference_response(task, state, actions),
+                    teacher_system=teacher_system(task),
+                    teacher_prompt=teacher_context(task, state, plan if privileged == "state+plan" else None),
+                )
+            )
+        else:
+            raise ValueError(f"unknown objective {objective!r}")
+    return out

@@ -1,0 +1,145 @@
+"""The offline tiny preset, the domain tokenizer, saving/loading, precision and the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoModelForImageTextToText
+
+from mgsd.models import Backbone, build_tokenizer, init_tiny
+from mgsd.models.cli import add_parser
+
+PROMPTS = ["Plan a path from (0,0) to (2,2).", "Where is the printer?"]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return init_tiny(tmp_path_factory.mktemp("tiny") / "model", preset="tiny", seed=0)
+
+
+def _logits(bb: Backbone) -> torch.Tensor:
+    images = [Image.new("RGB", (256, 256), (10, 120, 200)), Image.new("RGB", (256, 256), (250, 250, 250))]
+    ctx = bb.encode_student(PROMPTS, images)
+    response = bb.encode_responses(["<answer>UUR</answer>", "(1,2)"])
+    return bb.token_logprobs(ctx, response, full_vocab=True).full
+
+
+def test_tokenizer_keeps_domain_tokens_whole() -> None:
+    tok = build_tokenizer(corpus=["Reference action plan: R,PICK,DROP", "Map size: 4x4"])
+    for text in ["(3,1)", " (3,1)", "<answer>", "</answer>", "PICK", " PICK", "DROP", "up", " left", "8x8"]:
+        assert len(tok(text, add_special_tokens=False)["input_ids"]) == 1, text
+    text = "Start: (0,0)\nGoal: (7,7)\n<answer>R,PICK,DROP</answer>"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert tok.decode(ids) == text
+    assert tok.eos_token == "<|im_end|>" and tok.padding_side == "left"
+
+
+def test_tiny_preset_roundtrip_gives_identical_logits(tiny_dir: Path, tmp_path: Path) -> None:
+    files = {p.name for p in tiny_dir.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "processor_config.json"} <= files
+    assert json.loads((tiny_dir / "config.json").read_text())["model_type"] == "qwen3_vl"
+    bb = Backbone.load(tiny_dir, device="cpu")
+    assert 4_000_000 < bb.num_parameters() < 8_000_000
+    assert bb.image_token_count((256, 256)) == 64
+    first = _logits(bb)
+    # SFT targets: a leading newline would merge with the prompt's final newline.
+    with pytest.raises(ValueError, match="prompt boundary"):
+        bb.encode_responses(["\n\nThe map is 3x3."])
+    assert bb.encode_responses(["The map is 3x3."])[0][-1] == bb.eos_token_ids[0]
+    # Images may also travel inside the messages.
+    image = Image.new("RGB", (256, 256), (10, 120, 200))
+    inline = [
+        {"role": "user", "content": [{"type": "text", "text": PROMPTS[0]}, {"type": "image", "image": image}]}
+    ]
+    assert torch.equal(bb.encode([inline]).input_ids, bb.encode_student(PROMPTS[:1], [image]).input_ids)
+    again = Backbone.load(bb.save(tmp_path / "copy"), device="cpu")
+    assert torch.equal(_logits(again), first)
+    # The directory is a plain HF checkpoint.
+    hf = AutoModelForImageTextToText.from_pretrained(tiny_dir)
+    assert type(hf).__name__ == "Qwen3VLForConditionalGeneration"
+
+
+def test_lora_save_merged_and_unmerged(tiny_dir: Path, tmp_path: Path) -> None:
+    bb = Backbone.load(tiny_dir, device="cpu")
+    base = _logits(bb)
+    bb.add_lora(r=4, alpha=8)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for n, p in bb.model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    adapted = _logits(bb)
+    merged_dir = bb.save(tmp_path / "merged", merge_lora=True)
+    assert not (merged_dir / "adapter").exists()
+    merged = Backbone.load(merged_dir, device="cpu")
+    assert not merged.has_lora
+    torch.testing.assert_close(_logits(merged), adapted, atol=1e-4, rtol=0)
+    hf = AutoModelForImageTextToText.from_pretrained(merged_dir)
+    assert not any("lora" in k for k in hf.state_dict())
+    # Unmerged: base weights + adapter/, so the teacher (the base) survives in the checkpoint.
+    kept = Backbone.load(bb.save(tmp_path / "kept", merge_lora=False), device="cpu")
+    assert kept.has_lora and kept.num_parameters(trainable_only=True) > 0
+    torch.testing.assert_close(_logits(kept), adapted, atol=1e-5, rtol=0)
+    with kept.teacher():
+        assert torch.equal(_logits(kept), base)
+    # The live adapter was not merged away by saving.
+    assert torch.equal(_logits(bb), adapted)
+    # Overwriting an existing directory is atomic and leaves no temporary siblings behind.
+    bb.save(merged_dir)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept", "merged"]
+
+
+def test_fp32_master_weights_with_bf16_compute(tiny_dir: Path) -> None:
+    bb = Backbone.load(tiny_dir, dtype="float32", compute_dtype="bfloat16", device="cpu")
+    assert bb.param_dtype == torch.float32 and bb.compute_dtype == torch.bfloat16
+    images = [Image.new("RGB", (256, 256))] * 2
+    ctx = bb.encode_student(PROMPTS, images)
+    lp = bb.token_logprobs(ctx, bb.encode_responses(["up", "down"]), grad=True)
+    assert lp.logprobs.dtype == torch.float32
+    params = [p for n, p in bb.model.named_parameters() if "language_model.layers.0.mlp" in n]
+    before = [p.detach().clone() for p in params]
+    opt = torch.optim.AdamW(params, lr=1e-6)
+    (-(lp.logprobs * lp.mask).sum()).backward()
+    opt.step()
+    changed = sum(int((p != b).sum()) for p, b in zip(params, before, strict=True)) / sum(
+        b.numel() for b in before
+    )
+    assert all(p.dtype == torch.float32 for p in params)
+    assert changed > 0.9  # with bf16 parameters most of these 1e-6 steps would round to zero
+    gen = bb.generate(ctx, max_new_tokens=4)
+    assert len(gen.sequences) == 2
+
+
+def test_load_rejects_non_model_directories(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"not a model directory: .* \(no config.json\)"):
+        Backbone.load(tmp_path)
+    (tmp_path / "weights.bin").write_text("x")
+    with pytest.raises(ValueError, match="not a model directory"):
+        Backbone.load(tmp_path / "weights.bin")
+    with pytest.raises(ValueError, match="no such directory"):
+        Backbone.load(tmp_path / "missing")
+
+
+def test_cli_init_and_info(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    parser = argparse.ArgumentParser(prog="mgsd")
+    add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(
+        ["model", "init", "--preset", "tiny", "--out", str(tmp_path / "m"), "--seed", "3"]
+    )
+    assert args.func(args) == 0
+    args = parser.parse_args(["model", "info", str(tmp_path / "m")])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "qwen3_vl" in out and "64 per 256x256 image" in out
+
+
+def test_cli_preset_names_match_the_presets():
+    from mgsd.models.cli import PRESET_NAMES
+    from mgsd.models.tiny import PRESETS
+
+    assert sorted(PRESET_NAMES) == sorted(PRESETS)
