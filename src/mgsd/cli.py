@@ -13,10 +13,10 @@ from mgsd import __version__
 
 # Modules that add their own sub-commands with ``add_parser(subparsers)``; optional ones are skipped
 # when not importable so a partial install still serves the rest.
-_PLUGINS = ("mgsd.models.cli",)
+_PLUGINS = ("mgsd.eval.cli", "mgsd.models.cli", "mgsd.train.cli", "mgsd.report.cli")
 
 
-def _print_metrics(m: dict) -> None:
+def print_metrics(m: dict) -> None:
     """A compact results table: per (task, level), per task, then the level-balanced macro."""
     keys = ("success", "optimal", "progress", "invalid", "parse_failure")
     print(f"{'scope':<24}{'n':>6}" + "".join(f"{k[:10]:>11}" for k in keys))
@@ -76,28 +76,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_eval_plans(args: argparse.Namespace) -> int:
-    from mgsd.eval.plans import eval_plans
-
-    if (args.predictions is None) == (not args.oracle):
-        raise ValueError("give exactly one of --predictions FILE or --oracle")
-    metrics = eval_plans(args.data, args.out, args.predictions)
-    _print_metrics(metrics)
-    if metrics["missing_predictions"]:
-        print(
-            f"note: {metrics['missing_predictions']} sample(s) had no prediction and count as parse failures"
-        )
-    print(f"wrote {Path(args.out) / 'metrics.json'} and samples.jsonl")
-    return 0
-
-
 def _cmd_run(args: argparse.Namespace) -> int:
     from mgsd.pipeline import run_benchmark
 
     summary = run_benchmark(args.out, per_level=args.per_level, seed=args.seed)
     for name, m in summary["models"].items():
         print(f"\n== {name}")
-        _print_metrics(m)
+        print_metrics(m)
     print(f"\nwrote {Path(args.out) / 'summary.json'}")
     return 0
 
@@ -135,15 +120,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     exp.set_defaults(func=_cmd_export)
 
-    ev = sub.add_parser("eval", help="evaluate plans or models")
-    esub = ev.add_subparsers(dest="eval_command", required=True)
-    ep = esub.add_parser("plans", help="score a predictions file (or the oracle plans) against a dataset")
-    ep.add_argument("--data", nargs="+", required=True)
-    ep.add_argument("--predictions", help='JSONL lines {"id": ..., "response": ...}')
-    ep.add_argument("--oracle", action="store_true", help="score the dataset's own optimal plans")
-    ep.add_argument("--out", required=True)
-    ep.set_defaults(func=_cmd_eval_plans)
-
     run = sub.add_parser("run", help="the main job: build the benchmark and score it")
     run.add_argument("--out", default="runs/default")
     run.add_argument("--per-level", type=int, default=50)
@@ -153,7 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name in _PLUGINS:
         try:
             mod = importlib.import_module(name)
-        except ImportError:
+        except ModuleNotFoundError as exc:
+            if exc.name != name:  # a broken plugin is a bug, not an absent one
+                raise
             continue
         mod.add_parser(sub)
     return p
