@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             mod = importlib.import_module(name)
         except ModuleNotFoundError as exc:
-            if exc.name != name:  # a broken plugin is a bug, not an absent one
+            if exc.name is None or not name.startswith(exc.name):  # a broken plugin is a bug, not absent
                 raise
             continue
         mod.add_parser(sub)
