@@ -10,7 +10,7 @@ import os
 import re
 from pathlib import Path
 
-from mgsd.data.io import read_rows
+from mgsd.data.io import quiet_datasets, read_rows
 from mgsd.prompts import perception_prompt, perception_target, student_prompt, teacher_context, teacher_system
 from mgsd.tasks import get_task
 
@@ -113,6 +113,7 @@ def export_easyr1(data: str | Path, out: str | Path, *, with_plan: bool = True) 
     out.mkdir(parents=True, exist_ok=True)
     path = out / "opcd.parquet"
     tmp = out / ".opcd.parquet.tmp"
-    Dataset.from_dict(cols, features=features).to_parquet(str(tmp))
+    with quiet_datasets():
+        Dataset.from_dict(cols, features=features).to_parquet(str(tmp))
     os.replace(tmp, path)
     return path

@@ -11,7 +11,8 @@ from __future__ import annotations
 import io
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,20 @@ COLUMNS: dict[str, str] = {
 
 class DataError(ValueError):
     """A dataset that cannot be read or has the wrong schema."""
+
+
+@contextmanager
+def quiet_datasets() -> Iterator[None]:
+    """Silence the ``datasets`` progress bars for one write (our own bar already shows progress)."""
+    import datasets
+
+    was_disabled = datasets.utils.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_disabled:
+            datasets.enable_progress_bars()
 
 
 def _features():
@@ -64,7 +79,8 @@ def write_rows(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path:
             v = r[k]
             cols[k].append({"bytes": v, "path": None} if k == "image" else v)
     tmp = path.with_name(f".{path.name}.tmp")
-    Dataset.from_dict(cols, features=_features()).to_parquet(str(tmp))
+    with quiet_datasets():
+        Dataset.from_dict(cols, features=_features()).to_parquet(str(tmp))
     os.replace(tmp, path)
     return path
 

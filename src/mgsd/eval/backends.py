@@ -10,13 +10,17 @@ from __future__ import annotations
 import base64
 import io
 import os
+import re
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from PIL import Image
+
+_RETRYABLE = (408, 409, 429)  # timeout, conflict, rate limit: worth another attempt
+_KEY_ECHO = re.compile(r"(api[ _-]?key(?: provided)?\s*:\s*)\S+", re.IGNORECASE)
 
 
 @dataclass
@@ -30,10 +34,14 @@ class Query:
 
 @dataclass
 class Reply:
+    """One response: ``text`` (None when the request failed, then ``error`` says why), the number of
+    generated tokens, and whether generation stopped at ``max_new_tokens`` (``truncated``)."""
+
     text: str | None
     error: str | None = None
     tokens: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    truncated: bool = False
 
 
 @dataclass
@@ -42,6 +50,29 @@ class GenerationConfig:
     temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0
     seed: int = 0
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "max_new_tokens": self.max_new_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "seed": self.seed,
+            "greedy": self.greedy,
+        }
+
+
+class Backend(Protocol):
+    """Anything that answers queries: one ``Reply`` per query, in order, failures as ``Reply.error``."""
+
+    def generate(self, queries: Sequence[Query], cfg: GenerationConfig) -> list[Reply]: ...
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able settings of the backend for metrics.json (never secrets)."""
+        ...
 
 
 def image_data_url(image: Image.Image) -> str:
@@ -87,6 +118,8 @@ class OpenAIBackend:
         self.retries = max(0, retries)
         self.backoff = backoff
         key = os.environ.get(api_key_env) or "EMPTY"  # local servers accept any key
+        self._key = key
+        self.api_base, self.api_key_env, self.timeout = api_base, api_key_env, timeout
         self.client = openai.OpenAI(base_url=api_base, api_key=key, timeout=timeout, max_retries=0)
 
     def _one(self, q: Query, cfg: GenerationConfig) -> Reply:
@@ -108,11 +141,64 @@ class OpenAIBackend:
                     last = "empty response"
                     continue
                 tokens = r.usage.completion_tokens if r.usage else 0
-                return Reply(text, None, tokens)
+                return Reply(text, None, tokens, truncated=r.choices[0].finish_reason == "length")
             except Exception as exc:  # the client raises many types; all are request failures
-                last = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+                last = self._redact(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")[
+                    :300
+                ]
+                status = getattr(exc, "status_code", None)
+                if isinstance(status, int) and 400 <= status < 500 and status not in _RETRYABLE:
+                    # The request itself is wrong (bad input, unknown model, bad key): retrying cannot help.
+                    return Reply(None, f"request rejected (HTTP {status}): {last}")
         return Reply(None, f"request failed after {self.retries + 1} attempt(s): {last}")
+
+    def _redact(self, text: str) -> str:
+        """Error text without the key (hosted APIs echo a masked key in authentication errors)."""
+        if self._key and self._key != "EMPTY":
+            text = text.replace(self._key, "<redacted>")
+        return _KEY_ECHO.sub(r"\1<redacted>", text)
 
     def generate(self, queries: Sequence[Query], cfg: GenerationConfig) -> list[Reply]:
         with ThreadPoolExecutor(self.concurrency) as pool:
             return list(pool.map(lambda q: self._one(q, cfg), queries))
+
+    def describe(self) -> dict[str, Any]:
+        # The key's variable name is recorded, never its value.
+        return {
+            "type": "api",
+            "api_base": self.api_base,
+            "api_model": self.model,
+            "api_key_env": self.api_key_env,
+            "concurrency": self.concurrency,
+            "timeout": self.timeout,
+            "retries": self.retries,
+        }
+
+
+def open_backend(
+    model: str | None,
+    *,
+    api_base: str | None = None,
+    api_model: str | None = None,
+    api_key_env: str = "OPENAI_API_KEY",
+    concurrency: int = 4,
+    timeout: float = 120.0,
+    retries: int = 3,
+    batch_size: int = 8,
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
+) -> Backend:
+    """A local model (``model`` = directory or hub id) or, with ``api_base``, an OpenAI-compatible API
+    (``api_model`` defaults to ``model``)."""
+    if api_base:
+        name = api_model or model
+        if not name:
+            raise ValueError("an API backend needs --api-model (or --model) to name the served model")
+        return OpenAIBackend(
+            api_base, name, api_key_env=api_key_env, concurrency=concurrency, timeout=timeout, retries=retries
+        )
+    if not model:
+        raise ValueError("give --model (a model directory or hub id) or --api-base")
+    from mgsd.eval.local import LocalBackend
+
+    return LocalBackend.load(model, batch_size=batch_size, dtype=dtype, trust_remote_code=trust_remote_code)

@@ -1,4 +1,4 @@
-"""``mgsd eval ...`` sub-commands."""
+"""``mgsd eval ...`` and ``mgsd serve`` sub-commands (thin: the work is in the library modules)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,181 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     ep.add_argument("--oracle", action="store_true", help="score the dataset's own optimal plans")
     ep.add_argument("--out", required=True)
     ep.set_defaults(func=_cmd_plans)
+
+    em = esub.add_parser(
+        "model",
+        help="generate plans (or perception answers) with a model and score them",
+        description="Evaluate a local model or an OpenAI-compatible endpoint; resumes from OUT/.cache.jsonl.",
+    )
+    _model_options(em)
+    em.add_argument("--modality", choices=["image", "text"], default="image", help="input of the planner")
+    em.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="with --temperature > 0: sampled runs with seeds SEED.. (mean + per seed)",
+    )
+    em.add_argument(
+        "--perception", action="store_true", help="ask the perception questions instead of planning"
+    )
+    em.set_defaults(func=_cmd_model)
+
+    eg = esub.add_parser(
+        "gap",
+        help="modality-gap attribution: image planning, text planning and perception per sample",
+        description="Runs OUT/image, OUT/text and OUT/perception (each resumable) and writes OUT/gap.json.",
+    )
+    _model_options(eg)
+    eg.set_defaults(func=_cmd_gap)
+
+    sv = subparsers.add_parser("serve", help="serve a local model as an OpenAI-compatible endpoint")
+    sv.add_argument("--model", required=True, help="model directory or hub id")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--served-model-name", help="the name clients use (default: the directory name)")
+    sv.add_argument("--max-batch", type=int, default=8, help="requests batched into one generate call")
+    sv.add_argument("--max-tokens-limit", type=int, default=4096, help="largest max_tokens accepted")
+    sv.add_argument("--dtype", default="float32")
+    sv.add_argument("--trust-remote-code", action="store_true")
+    sv.add_argument("--verbose", action="store_true", help="log every request")
+    sv.set_defaults(func=_cmd_serve)
     return ev
+
+
+def _model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="model directory or hub id (a local model unless --api-base is given)")
+    p.add_argument("--data", nargs="+", required=True, help="dataset directories or parquet files")
+    p.add_argument("--out", required=True)
+    p.add_argument("--limit", type=int, help="at most N samples per (task, level), in dataset order")
+    p.add_argument("--batch-size", type=int, default=8, help="queries per generate call / per cached batch")
+    p.add_argument("--max-new-tokens", type=int, default=1024)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", default="float32", help="local model parameter dtype")
+    p.add_argument("--trust-remote-code", action="store_true")
+    api = p.add_argument_group("OpenAI-compatible API backend")
+    api.add_argument("--api-base", help="e.g. http://127.0.0.1:8000/v1 (vLLM, SGLang, mgsd serve, ...)")
+    api.add_argument("--api-model", help="served model name (default: --model)")
+    api.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the key")
+    api.add_argument("--concurrency", type=int, default=4)
+    api.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    api.add_argument("--retries", type=int, default=3)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _backend(args: argparse.Namespace) -> Any:
+    from mgsd.eval.backends import open_backend
+
+    return open_backend(
+        args.model,
+        api_base=args.api_base,
+        api_model=args.api_model,
+        api_key_env=args.api_key_env,
+        concurrency=args.concurrency,
+        timeout=args.timeout,
+        retries=args.retries,
+        batch_size=args.batch_size,
+        dtype=args.dtype,
+        trust_remote_code=args.trust_remote_code,
+    )
+
+
+def _common(args: argparse.Namespace) -> dict[str, Any]:
+    from mgsd.eval.backends import GenerationConfig
+    from mgsd.eval.model import model_label
+
+    if args.temperature < 0 or not 0 < args.top_p <= 1:
+        raise ValueError("--temperature must be >= 0 and --top-p in (0, 1]")
+    gen = GenerationConfig(args.max_new_tokens, args.temperature, args.top_p, args.seed)
+    model = model_label(args.model) if not args.api_base else (args.api_model or args.model)
+    return {
+        "model": model,
+        "gen": gen,
+        "batch_size": args.batch_size,
+        "limit": args.limit,
+        "progress": not args.quiet,
+    }
+
+
+def _report_failures(metrics: dict[str, Any], what: str = "") -> None:
+    n = metrics.get("request_failures", 0)
+    if n:
+        print(f"warning: {n} {what}request(s) failed; they are scored as failures (rerun to retry them)")
+    if metrics.get("truncated"):
+        print(f"note: {metrics['truncated']} response(s) hit --max-new-tokens")
+
+
+def _print_perception(m: dict[str, Any]) -> None:
+    print(f"{'scope':<22}{'n':>6}{'all correct':>13}{'95% CI':>16}{'q. accuracy':>13}")
+    for name, b in [*m["by_task_level"].items(), *m["by_task"].items(), ("all", m)]:
+        lo, hi = b["all_correct_ci"]
+        ci = f"[{100 * lo:.1f}, {100 * hi:.1f}]"
+        acc = 100 * b["question_accuracy"]
+        print(f"{name:<22}{b['n']:>6}{100 * b['all_correct']:>13.1f}{ci:>16}{acc:>13.1f}")
+
+
+def _cmd_model(args: argparse.Namespace) -> int:
+    from mgsd.cli import print_metrics
+    from mgsd.eval.model import evaluate_model, evaluate_perception
+
+    common = _common(args)
+    if args.perception:
+        if args.modality != "image" or args.seeds != 1:
+            raise ValueError(
+                "--perception asks about the image: it takes neither --modality text nor --seeds"
+            )
+        backend = _backend(args)
+        metrics = evaluate_perception(backend, args.data, args.out, **common)
+        _print_perception(metrics)
+        _report_failures(metrics)
+        print(f"wrote {Path(args.out) / 'perception_metrics.json'} and samples.jsonl")
+        return 0
+    if args.seeds > 1 and args.temperature <= 0:
+        raise ValueError("--seeds > 1 needs sampling (--temperature > 0): greedy runs are identical")
+    backend = _backend(args)
+    metrics = evaluate_model(backend, args.data, args.out, modality=args.modality, seeds=args.seeds, **common)
+    print_metrics(metrics)
+    if args.seeds > 1:
+        for seed, s in metrics["per_seed"].items():
+            print(
+                f"seed {seed}: success {100 * s['success']:.1f}  macro success {100 * s['macro_success']:.1f}"
+            )
+    _report_failures(metrics)
+    print(f"wrote {Path(args.out) / 'metrics.json'} and samples.jsonl")
+    return 0
+
+
+def _cmd_gap(args: argparse.Namespace) -> int:
+    from mgsd.eval.gap import evaluate_gap, format_gap
+
+    gap = evaluate_gap(_backend(args), args.data, args.out, **_common(args))
+    print(format_gap(gap))
+    for run, n in gap["request_failures"].items():
+        if n:
+            print(f"warning: {n} {run} request(s) failed; they are scored as failures (rerun to retry them)")
+    print(f"wrote {Path(args.out) / 'gap.json'}")
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from mgsd.eval.serve import serve_model
+
+    try:
+        serve_model(
+            args.model,
+            host=args.host,
+            port=args.port,
+            served_name=args.served_model_name,
+            max_batch=args.max_batch,
+            max_tokens_limit=args.max_tokens_limit,
+            dtype=args.dtype,
+            trust_remote_code=args.trust_remote_code,
+            verbose=args.verbose,
+        )
+    except KeyboardInterrupt:
+        print("stopped")
+    return 0
 
 
 def _cmd_plans(args: argparse.Namespace) -> int:

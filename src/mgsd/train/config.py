@@ -32,9 +32,11 @@ class LoraConfig:
 class OPSDConfig:
     """Stage 2: on-policy self-distillation from a privileged (symbolic-text) teacher."""
 
-    # Who scores the student's tokens: the frozen base (the LoRA adapter disabled, or the student's
-    # initial weights), a separate model at ``teacher_path``, the live policy, or an EMA of it.
-    teacher: Literal["base", "path", "live", "ema"] = "base"
+    # Who scores the student's tokens: "base" = the frozen weights under the student's LoRA adapter
+    # (one copy in memory; after a LoRA stage 1 saved unmerged this is the pre-SFT base, as in the
+    # paper), "init" = a frozen copy of the student's initial weights, "path" = a separate frozen model
+    # at ``teacher_path``, "live" = the current policy itself, "ema" = an EMA of the policy.
+    teacher: Literal["base", "init", "path", "live", "ema"] = "base"
     teacher_path: str | None = None
     ema_decay: float = 0.99
     privileged: Literal["state", "state+plan"] = "state+plan"  # the reference gives the plan too
@@ -74,6 +76,7 @@ class TrainConfig:
     save_every: int = 50  # steps between resumable checkpoints
     keep_last: int = 2
     progress: bool = True
+    save_merged: bool = False  # LoRA: fold the adapter into the saved model (else keep base + adapter/)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.micro_batch_size < 1:

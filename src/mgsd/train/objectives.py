@@ -10,9 +10,12 @@ import torch
 import torch.nn.functional as F
 
 
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, denom: float | None = None) -> torch.Tensor:
+    """Mean of ``x`` over masked tokens; with ``denom`` the masked sum divided by ``denom`` (the token
+    count of the whole global batch, so micro-batches and processes add up to one mean)."""
     mask = mask.to(x.dtype)
-    return (x * mask).sum() / mask.sum().clamp_min(1.0)
+    total = (x * mask).sum()
+    return total / denom if denom is not None else total / mask.sum().clamp_min(1.0)
 
 
 def sft_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
@@ -41,6 +44,7 @@ def policy_gradient_loss(
     advantages: torch.Tensor,
     mask: torch.Tensor,
     ratio_clip: float | None = None,
+    denom: float | None = None,
 ) -> torch.Tensor:
     """Sampled-token policy gradient. On-policy (``logp == old_logp``) its gradient is
     ``-mean(A_t * grad log p(y_t))``, i.e. a per-token estimate of the reverse-KL gradient when ``A`` is
@@ -51,11 +55,15 @@ def policy_gradient_loss(
     if ratio_clip is not None:
         clipped = ratio.clamp(1 - ratio_clip, 1 + ratio_clip) * advantages
         surrogate = torch.minimum(surrogate, clipped)
-    return -masked_mean(surrogate, mask)
+    return -masked_mean(surrogate, mask, denom)
 
 
 def full_reverse_kl(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor, top_k: int | None = None
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    mask: torch.Tensor,
+    top_k: int | None = None,
+    denom: float | None = None,
 ) -> torch.Tensor:
     """Exact per-position reverse KL(student || teacher) over the vocabulary, at the student's sampled
     prefixes. With ``top_k`` the sum runs over the student's k most likely tokens, both distributions
@@ -67,11 +75,15 @@ def full_reverse_kl(
         s = F.log_softmax(s.gather(-1, idx), dim=-1)
         t = F.log_softmax(t.gather(-1, idx), dim=-1)
     kl = (s.exp() * (s - t)).sum(-1)
-    return masked_mean(kl, mask)
+    return masked_mean(kl, mask, denom)
 
 
 def generalized_jsd(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor, beta: float = 0.5
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    mask: torch.Tensor,
+    beta: float = 0.5,
+    denom: float | None = None,
 ) -> torch.Tensor:
     """Generalised Jensen-Shannon divergence (GKD): ``beta`` -> 0 approaches forward KL(teacher||student)
     in gradient, ``beta`` -> 1 reverse KL(student||teacher); 0.5 is the symmetric JSD."""
@@ -84,4 +96,4 @@ def generalized_jsd(
     )
     kl_t = (t.exp() * (t - log_m)).sum(-1)
     kl_s = (s.exp() * (s - log_m)).sum(-1)
-    return masked_mean(beta * kl_t + (1 - beta) * kl_s, mask)
+    return masked_mean(beta * kl_t + (1 - beta) * kl_s, mask, denom)

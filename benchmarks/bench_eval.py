@@ -1,0 +1,105 @@
+"""Evaluation throughput: batched local generation vs a per-sample loop, and the API path.
+
+Same tiny model, same held-out samples (image modality), same ``max_new_tokens``, greedy:
+
+1. ``evaluate_model`` with ``LocalBackend(batch_size=B)``  (batched generate calls);
+2. ``evaluate_model`` with ``LocalBackend(batch_size=1)``  (one generate call per sample);
+3. ``evaluate_model`` through ``mgsd serve`` on 127.0.0.1 with the OpenAI client (concurrency B,
+   the server batching concurrent requests up to B).
+
+Each run starts from an empty output directory (no cache). Prints samples/s and the ratios.
+
+    python benchmarks/bench_eval.py [--preset tiny|small] [--per-level 4] [--new-tokens 32] [--batch 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+from transformers.utils import logging as hf_logging
+
+from mgsd.data.generate import generate_dataset
+from mgsd.eval.backends import GenerationConfig, OpenAIBackend
+from mgsd.eval.local import LocalBackend
+from mgsd.eval.model import evaluate_model
+from mgsd.eval.serve import MGSDServer
+from mgsd.models import Backbone, init_tiny
+from mgsd.tasks import get_task
+
+
+def timed(backend: object, data: Path, out: Path, gen: GenerationConfig, batch: int) -> tuple[int, float]:
+    t0 = time.perf_counter()
+    m = evaluate_model(backend, [data], out, gen=gen, batch_size=batch, progress=False)  # type: ignore[arg-type]
+    return m["n"], time.perf_counter() - t0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="tiny", choices=["tiny", "small"])
+    parser.add_argument("--per-level", type=int, default=4)
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--no-api", action="store_true", help="skip the mgsd serve measurement")
+    args = parser.parse_args()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    torch.manual_seed(0)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        data = root / "data"
+        for name, levels in (("frozenlake", [3, 4, 5, 6]), ("maze", [3, 4, 5, 6])):
+            generate_dataset(
+                get_task(name),
+                levels,
+                args.per_level,
+                split="test",
+                seed=0,
+                out=data,
+                progress=False,
+                workers=1,
+            )
+        bb = Backbone.load(init_tiny(root / "model", preset=args.preset), device="cpu")
+        gen = GenerationConfig(max_new_tokens=args.new_tokens)
+        print(
+            f"{args.preset} preset ({bb.num_parameters() / 1e6:.1f}M parameters),"
+            f" {torch.get_num_threads()} threads, max_new_tokens {args.new_tokens}, greedy, image modality"
+        )
+        timed(
+            LocalBackend(bb, batch_size=args.batch), data, root / "warmup", gen, args.batch
+        )  # first-call costs
+
+        n, t_batched = timed(LocalBackend(bb, batch_size=args.batch), data, root / "batched", gen, args.batch)
+        _, t_loop = timed(LocalBackend(bb, batch_size=1), data, root / "loop", gen, 1)
+        print(f"samples                       {n}")
+        print(
+            f"local batched (batch {args.batch:>2})     {n / t_batched:8.2f} samples/s  ({t_batched:.1f} s)"
+        )
+        print(f"local per-sample loop         {n / t_loop:8.2f} samples/s  ({t_loop:.1f} s)")
+        print(f"ratio batched / loop          {t_loop / t_batched:8.2f}x")
+
+        if not args.no_api:
+            server = MGSDServer(bb, host="127.0.0.1", port=0, served_name="bench", max_batch=args.batch)
+            thread = threading.Thread(target=server.serve_forever, daemon=True)
+            thread.start()
+            try:
+                api = OpenAIBackend(server.url, "bench", concurrency=args.batch, retries=0)
+                _, t_api = timed(api, data, root / "api", gen, args.batch)
+            finally:
+                server.close()
+            sizes = server.worker.batches
+            print(
+                f"API via mgsd serve (conc {args.batch:>2}) {n / t_api:8.2f} samples/s  ({t_api:.1f} s;"
+                f" mean server batch {sum(sizes) / len(sizes):.1f})"
+            )
+            print(f"ratio API / loop              {t_loop / t_api:8.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,395 @@
+"""``mgsd serve``: a local model behind an OpenAI-compatible chat-completions endpoint.
+
+Only the standard library HTTP server (``ThreadingHTTPServer``) and the ``Backbone``:
+
+* ``POST /v1/chat/completions``: ``messages`` (system/user/assistant; content a string or a list of
+  ``text`` and ``image_url`` parts, images as ``data:`` URLs), ``max_tokens`` (or
+  ``max_completion_tokens``), ``temperature`` (0 = greedy), ``top_p``, ``seed``; returns
+  ``choices[0].message.content``, ``finish_reason`` and ``usage``;
+* ``GET /v1/models``: the one served model; ``GET /health``.
+
+Handler threads only parse and validate; one worker thread owns the model, so model calls never run
+concurrently. It batches requests that arrive together and share generation settings (up to
+``max_batch``), which is what makes concurrent clients faster than one request at a time. A bad request
+is an HTTP 400 with an OpenAI-style ``{"error": {...}}`` body; nothing is fetched from the network.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+MAX_BODY = 64 * 1024 * 1024  # bytes; a few hundred 512px PNGs
+
+
+class RequestError(Exception):
+    """A client error: HTTP ``status`` with an OpenAI-style error body."""
+
+    def __init__(self, message: str, *, status: int = 400, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status, self.param, self.code = status, param, code
+
+    def body(self) -> dict[str, Any]:
+        kind = "invalid_request_error" if self.status < 500 else "server_error"
+        return {"error": {"message": str(self), "type": kind, "param": self.param, "code": self.code}}
+
+
+@dataclass
+class Params:
+    max_tokens: int
+    temperature: float
+    top_p: float
+    seed: int | None
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        """Requests with equal keys can share one ``generate`` call."""
+        greedy = self.temperature <= 0
+        return (self.max_tokens, greedy, None if greedy else (self.temperature, self.top_p, self.seed))
+
+
+def _decode_data_url(url: Any, where: str) -> Image.Image:
+    if not isinstance(url, str) or not url.startswith("data:"):
+        raise RequestError(f"{where}: only data: URLs are supported (no network access)", param=where)
+    head, _, payload = url.partition(",")
+    if ";base64" not in head:
+        raise RequestError(f"{where}: the data URL must be base64-encoded", param=where)
+    try:
+        image = Image.open(io.BytesIO(base64.b64decode(payload, validate=True)))
+        image.load()
+    except (binascii.Error, ValueError, OSError) as exc:
+        raise RequestError(f"{where}: cannot decode the image ({exc})", param=where) from None
+    return image.convert("RGB")
+
+
+def _content(content: Any, where: str) -> list[dict[str, Any]]:
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}]
+    if not isinstance(content, list) or not content:
+        raise RequestError(f"{where}.content must be a string or a non-empty list of parts", param=where)
+    parts = []
+    for j, part in enumerate(content):
+        at = f"{where}.content[{j}]"
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            parts.append({"type": "text", "text": part["text"]})
+        elif kind == "image_url":
+            ref = part.get("image_url")
+            url = ref.get("url") if isinstance(ref, dict) else ref
+            parts.append({"type": "image", "image": _decode_data_url(url, at)})
+        else:
+            raise RequestError(f"{at}: expected a text or image_url part", param=at)
+    return parts
+
+
+def _number(body: Mapping[str, Any], name: str, default: float, lo: float, hi: float) -> float:
+    value = body.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+        raise RequestError(f"{name} must be a number in [{lo}, {hi}]", param=name)
+    return float(value)
+
+
+def parse_request(body: Any, served_name: str, max_tokens_limit: int) -> tuple[list[dict[str, Any]], Params]:
+    """Validate a chat-completions body: (Backbone conversation with PIL images, generation params)."""
+    if not isinstance(body, dict):
+        raise RequestError("the request body must be a JSON object")
+    model = body.get("model")
+    if model is not None and model != served_name:
+        raise RequestError(
+            f"the model {model!r} does not exist; this server serves {served_name!r}",
+            status=404,
+            param="model",
+            code="model_not_found",
+        )
+    if body.get("stream"):
+        raise RequestError("streaming is not supported", param="stream")
+    if body.get("n", 1) != 1:
+        raise RequestError("only n=1 is supported", param="n")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise RequestError("messages must be a non-empty list", param="messages")
+    conversation = []
+    for i, m in enumerate(messages):
+        where = f"messages[{i}]"
+        role = m.get("role") if isinstance(m, dict) else None
+        if role not in ("system", "user", "assistant"):
+            raise RequestError(f"{where}.role must be system, user or assistant", param=where)
+        conversation.append({"role": role, "content": _content(m.get("content"), where)})
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    if max_tokens is None:
+        max_tokens = max_tokens_limit
+    if (
+        isinstance(max_tokens, bool)
+        or not isinstance(max_tokens, int)
+        or not 1 <= max_tokens <= max_tokens_limit
+    ):
+        raise RequestError(f"max_tokens must be an integer in [1, {max_tokens_limit}]", param="max_tokens")
+    seed = body.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise RequestError("seed must be an integer", param="seed")
+    params = Params(
+        max_tokens=max_tokens,
+        temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
+        top_p=_number(body, "top_p", 1.0, 1e-6, 1.0),
+        seed=seed,
+    )
+    return conversation, params
+
+
+@dataclass(eq=False)  # jobs are told apart by identity: two identical requests are two jobs
+class _Job:
+    conversation: list[dict[str, Any]]
+    params: Params
+    done: threading.Event = field(default_factory=threading.Event)
+    result: dict[str, Any] | None = None
+    error: RequestError | None = None
+
+
+class ModelWorker:
+    """The one thread that calls the model, batching queued jobs with equal generation settings."""
+
+    def __init__(
+        self, backbone: Any, *, max_batch: int = 8, window: float = 0.01, max_wait: float = 0.05
+    ) -> None:
+        if max_batch < 1:
+            raise ValueError("--max-batch must be at least 1")
+        self.bb, self.max_batch, self.window, self.max_wait = backbone, max_batch, window, max_wait
+        self._jobs: list[_Job] = []
+        self._cond = threading.Condition()
+        self._stop = False
+        self.batches: list[int] = []  # sizes of the batches run (for tests and logging)
+        self._thread = threading.Thread(target=self._loop, name="mgsd-model", daemon=True)
+        self._thread.start()
+
+    def submit(self, conversation: list[dict[str, Any]], params: Params) -> dict[str, Any]:
+        job = _Job(conversation, params)
+        with self._cond:
+            self._jobs.append(job)
+            self._cond.notify()
+        job.done.wait()
+        if job.error is not None:
+            raise job.error
+        assert job.result is not None
+        return job.result
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify()
+        self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._jobs and not self._stop:
+                    self._cond.wait()
+                if self._stop:
+                    for job in self._jobs:  # nobody will run these: answer instead of hanging
+                        job.error = RequestError("the server is shutting down", status=503)
+                        job.done.set()
+                    return
+                # Let requests sent together arrive: keep waiting while they still come in (a few ms,
+                # at most ``max_wait``), small against the cost of a generation.
+                deadline = time.monotonic() + self.max_wait
+                while len(self._jobs) < self.max_batch and time.monotonic() < deadline:
+                    before = len(self._jobs)
+                    self._cond.wait(self.window)
+                    if len(self._jobs) == before:
+                        break
+                key = self._jobs[0].params.key
+                batch = [j for j in self._jobs if j.params.key == key][: self.max_batch]
+                self._jobs = [j for j in self._jobs if j not in batch]
+            self._run(batch)
+
+    def _run(self, batch: list[_Job]) -> None:
+        try:
+            self._generate(batch)
+        except Exception as exc:
+            if len(batch) > 1:  # one bad request must not fail its neighbours
+                for job in batch:
+                    self._run([job])
+                return
+            status = 400 if isinstance(exc, ValueError) else 500
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            batch[0].error = RequestError(f"the model could not process the request: {msg}", status=status)
+            batch[0].done.set()
+        self.batches.append(len(batch))
+
+    def _generate(self, batch: list[_Job]) -> None:
+        import torch
+
+        p = batch[0].params
+        ctx = self.bb.encode([j.conversation for j in batch])
+        greedy = p.temperature <= 0
+        if not greedy and p.seed is not None:
+            torch.manual_seed(p.seed)
+        gen = self.bb.generate(
+            ctx,
+            max_new_tokens=p.max_tokens,
+            temperature=max(p.temperature, 1e-5),
+            top_p=p.top_p,
+            greedy=greedy,
+        )
+        prompt_tokens = ctx.attention_mask.sum(-1).tolist()
+        for i, job in enumerate(batch):
+            job.result = {
+                "text": gen.texts[i],
+                "finish_reason": "stop" if gen.finished[i] else "length",
+                "prompt_tokens": int(prompt_tokens[i]),
+                "completion_tokens": len(gen.sequences[i]),
+            }
+            job.done.set()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: MGSDServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        if self.server.verbose:
+            super().log_message(format, *args)
+
+    def _send(self, status: int, payload: Mapping[str, Any]) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        path = self.path.split("?")[0].rstrip("/")
+        if path == "/v1/models":
+            model = {"id": self.server.served_name, "object": "model", "created": self.server.created}
+            self._send(200, {"object": "list", "data": [{**model, "owned_by": "mgsd"}]})
+        elif path == "/health":
+            self._send(200, {"status": "ok"})
+        else:
+            self._send(404, RequestError(f"no route GET {path}", status=404).body())
+
+    def do_POST(self) -> None:
+        path = self.path.split("?")[0].rstrip("/")
+        try:
+            if path != "/v1/chat/completions":
+                raise RequestError(f"no route POST {path}", status=404)
+            length = int(self.headers.get("Content-Length") or 0)
+            if length > MAX_BODY:
+                raise RequestError(f"request body over {MAX_BODY} bytes", status=413)
+            try:
+                body = json.loads(self.rfile.read(length) or b"null")
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise RequestError("the request body is not valid JSON") from None
+            conversation, params = parse_request(body, self.server.served_name, self.server.max_tokens_limit)
+            out = self.server.worker.submit(conversation, params)
+        except RequestError as exc:
+            self._send(exc.status, exc.body())
+            return
+        self._send(
+            200,
+            {
+                "id": f"chatcmpl-{uuid.uuid4().hex}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": self.server.served_name,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": out["text"]},
+                        "finish_reason": out["finish_reason"],
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": out["prompt_tokens"],
+                    "completion_tokens": out["completion_tokens"],
+                    "total_tokens": out["prompt_tokens"] + out["completion_tokens"],
+                },
+            },
+        )
+
+
+class MGSDServer(ThreadingHTTPServer):
+    """The HTTP server; ``close()`` stops both it and the model worker."""
+
+    daemon_threads = True
+
+    def __init__(
+        self,
+        backbone: Any,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        served_name: str = "mgsd",
+        max_batch: int = 8,
+        max_tokens_limit: int = 4096,
+        verbose: bool = False,
+    ) -> None:
+        self.worker = ModelWorker(backbone, max_batch=max_batch)
+        self.served_name = served_name
+        self.max_tokens_limit = max_tokens_limit
+        self.verbose = verbose
+        self.created = int(time.time())
+        super().__init__((host, port), _Handler)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}/v1"
+
+    def close(self) -> None:
+        self.shutdown()
+        self.server_close()
+        self.worker.stop()
+
+
+def default_served_name(model: str) -> str:
+    """What clients call the model: a directory's name, or the hub id as given."""
+    path = Path(model).expanduser()
+    return path.resolve().name if path.exists() else model
+
+
+def serve_model(
+    model: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    served_name: str | None = None,
+    max_batch: int = 8,
+    max_tokens_limit: int = 4096,
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
+    verbose: bool = False,
+) -> None:
+    """Load ``model`` and serve it until interrupted (Ctrl-C)."""
+    from mgsd.eval.local import LocalBackend
+
+    backend = LocalBackend.load(model, dtype=dtype, trust_remote_code=trust_remote_code)
+    server = MGSDServer(
+        backend.bb,
+        host=host,
+        port=port,
+        served_name=served_name or default_served_name(model),
+        max_batch=max_batch,
+        max_tokens_limit=max_tokens_limit,
+        verbose=verbose,
+    )
+    print(f"serving {server.served_name!r} at {server.url} (max batch {max_batch}); Ctrl-C stops", flush=True)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        print("note: the server has no authentication; anyone who can reach this address can use it")
+    try:
+        server.serve_forever()
+    finally:
+        server.close()

@@ -1,0 +1,483 @@
+"""The one training loop every objective uses (SFT stages and on-policy self-distillation).
+
+Read ``Trainer.run`` top to bottom: per optimizer step it takes the step's slice of a seeded global
+batch, computes the objective over micro-batches with gradients accumulated, sums gradients over
+processes, clips, steps AdamW on fp32 master weights, logs, validates and checkpoints.
+
+Determinism: the data order is a seeded permutation per epoch and every random draw of step ``s``
+(sampling, dropout) comes from a generator seeded with ``(seed, s, rank)``; so a resumed run replays
+exactly what an uninterrupted one would have done. Losses are normalised by the number of target
+tokens of the whole global batch (all processes, all micro-batches), so N processes and one process
+compute the same gradient.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from mgsd.config import to_dict
+from mgsd.data.io import read_rows
+from mgsd.eval.metrics import aggregate, score_response
+from mgsd.eval.perception import score_perception
+from mgsd.models.backbone import Backbone
+from mgsd.models.chat import student_messages
+from mgsd.models.context import Context
+from mgsd.tasks import get_task
+from mgsd.train import objectives as obj
+from mgsd.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from mgsd.train.config import TrainConfig
+from mgsd.train.examples import Example, build_examples
+
+_TRAIN_COLUMNS = ["id", "task", "level", "state", "image", "optimal_plan", "optimal_length"]
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    return (seed * 1_000_003 + step * 7919 + rank) % (2**63 - 1)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, *, resume: bool = False) -> None:
+        from accelerate import Accelerator
+
+        if not cfg.model:
+            raise ValueError("config: model is required (a model directory or hub id)")
+        if not cfg.out:
+            raise ValueError("config: out is required (the run directory)")
+        if not cfg.train_data:
+            raise ValueError("config: train_data is required (one or more dataset directories)")
+        self.cfg = cfg
+        self.acc = Accelerator(cpu=not torch.cuda.is_available())
+        self.rank, self.world = self.acc.process_index, self.acc.num_processes
+        if cfg.batch_size % self.world:
+            raise ValueError(f"batch_size {cfg.batch_size} is not divisible by {self.world} processes")
+        self.out = Path(cfg.out)
+        self.ckpt_dir = self.out / "checkpoints"
+        if latest_checkpoint(self.ckpt_dir) and not resume:
+            raise ValueError(f"{self.out} already has checkpoints: pass --resume or choose another --out")
+        torch.manual_seed(cfg.seed)
+
+        self.bb = Backbone.load(
+            cfg.model,
+            dtype="float32",
+            compute_dtype=cfg.compute_dtype,
+            trust_remote_code=cfg.trust_remote_code,
+            device=self.acc.device,
+        )
+        if self.bb.has_lora:
+            pass  # the model directory carries an adapter (e.g. stage 1 saved unmerged): keep training it
+        elif cfg.lora.r > 0:
+            targets: Any = cfg.lora.targets
+            if "," in targets:
+                targets = [t.strip() for t in targets.split(",") if t.strip()]
+            self.bb.add_lora(cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, targets, cfg.lora.train_vision)
+        else:
+            self.bb.model.requires_grad_(True)
+            self.bb.set_vision_trainable(cfg.lora.train_vision)
+        self.params = {n: p for n, p in self.bb.model.named_parameters() if p.requires_grad}
+        if not self.params:
+            raise ValueError("nothing to train: every parameter is frozen")
+        self.teacher = self._make_teacher() if cfg.objective == "opsd" else None
+
+        rows = read_rows(cfg.train_data, columns=_TRAIN_COLUMNS)
+        self.train = build_examples(rows, cfg.objective, privileged=cfg.opsd.privileged)
+        if not self.train:
+            raise ValueError("the training data is empty")
+        val_rows = read_rows(cfg.val_data, columns=_TRAIN_COLUMNS) if cfg.val_data else []
+        val_objective = "plan" if cfg.objective == "opsd" else cfg.objective
+        self.val = build_examples(val_rows[: cfg.val_samples], val_objective)
+
+        steps_per_epoch = max(1, len(self.train) // cfg.batch_size)
+        self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+        o = cfg.optim
+        self.opt = torch.optim.AdamW(
+            list(self.params.values()), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay
+        )
+        self.step = 0
+        self.best: float | None = None
+        if resume and (ck := latest_checkpoint(self.ckpt_dir)):
+            state, extra = load_checkpoint(ck, params=self.params, optimizer=self.opt)
+            self.step, self.best = int(state["step"]), state.get("best")
+            if self.teacher is not None and extra and self.cfg.opsd.teacher == "ema":
+                self._ema_load(extra)
+        self.log_path = self.out / "log.jsonl"
+        if self.acc.is_main_process:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self._truncate_log()
+            (self.out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+        self.writer = self._tensorboard()
+
+    # ------------------------------------------------------------------ teacher (OPSD)
+    def _make_teacher(self) -> Backbone | str:
+        """The privileged teacher: ``"adapter-off"`` (the base under the LoRA), ``"live"`` (the policy
+        itself), or a separate frozen Backbone (another path, the student's init, or an EMA)."""
+        kind, cfg = self.cfg.opsd.teacher, self.cfg
+        if kind == "live":
+            return "live"
+        if kind == "base":
+            if not self.bb.has_lora:
+                raise ValueError(
+                    "opsd.teacher=base disables the student's LoRA adapter, but there is none: "
+                    "use lora.r > 0, or teacher=init / teacher=path"
+                )
+            return "adapter-off"  # one copy of the weights: the base is the student with LoRA disabled
+        if kind == "ema" and self.bb.has_lora:
+            raise ValueError("opsd.teacher=ema needs full fine-tuning (lora.r = 0)")
+        path = cfg.opsd.teacher_path if kind == "path" else cfg.model
+        if kind == "path" and not path:
+            raise ValueError("opsd.teacher=path needs opsd.teacher_path")
+        teacher = Backbone.load(
+            path,
+            dtype="float32",
+            compute_dtype=cfg.compute_dtype,
+            trust_remote_code=cfg.trust_remote_code,
+            device=self.acc.device,
+        ).freeze()
+        if teacher.tokenizer_id != self.bb.tokenizer_id:
+            raise ValueError("the teacher's tokenizer differs from the student's: it cannot score its tokens")
+        return teacher
+
+    def _teacher_logprobs(self, ctx: Context, responses: list[list[int]], full: bool) -> Any:
+        t = self.teacher
+        if t == "adapter-off":
+            with self.bb.teacher():
+                return self.bb.token_logprobs(ctx, responses, full_vocab=full)
+        if t == "live":
+            return self.bb.token_logprobs(ctx, responses, full_vocab=full)
+        assert isinstance(t, Backbone)
+        return t.token_logprobs(ctx, responses, full_vocab=full)
+
+    def _ema_update(self) -> None:
+        assert isinstance(self.teacher, Backbone)
+        d = self.cfg.opsd.ema_decay
+        teacher_params = dict(self.teacher.model.named_parameters())
+        with torch.no_grad():
+            for name, p in self.params.items():
+                teacher_params[name].mul_(d).add_(p.detach(), alpha=1 - d)
+
+    def _ema_load(self, extra: dict[str, torch.Tensor]) -> None:
+        assert isinstance(self.teacher, Backbone)
+        teacher_params = dict(self.teacher.model.named_parameters())
+        with torch.no_grad():
+            for name, value in extra.items():
+                if name.startswith("ema::") and name[5:] in teacher_params:
+                    teacher_params[name[5:]].copy_(value)
+
+    # ------------------------------------------------------------------ data
+    def _global_batch(self, step: int) -> list[Example]:
+        """The examples of global batch ``step``: consecutive slices of per-epoch seeded permutations."""
+        n, bsz = len(self.train), self.cfg.batch_size
+        out: list[Example] = []
+        pos = step * bsz
+        while len(out) < bsz:
+            epoch, offset = divmod(pos, n)
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.cfg.seed + epoch)).tolist()
+            take = min(bsz - len(out), n - offset)
+            out += [self.train[i] for i in perm[offset : offset + take]]
+            pos += take
+        return out
+
+    def _local(self, batch: Sequence[Example]) -> list[Example]:
+        per = len(batch) // self.world
+        return list(batch[self.rank * per : (self.rank + 1) * per])
+
+    def _encode_student(self, exs: Sequence[Example]) -> Context:
+        if all(e.image is not None for e in exs):
+            return self.bb.encode_student([e.prompt for e in exs], [e.pil_image() for e in exs])
+        if any(e.image is not None for e in exs):
+            raise ValueError("a batch mixes image and text-only examples")
+        return self.bb.encode([student_messages(e.prompt, "end", 0) for e in exs], [[] for _ in exs])
+
+    def _chunks(self, n: int) -> list[list[int]]:
+        m = self.cfg.micro_batch_size
+        return [list(range(i, min(n, i + m))) for i in range(0, n, m)]
+
+    def _sum_all(self, value: float) -> float:
+        if self.world == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self.acc.device)
+        dist.all_reduce(t)
+        return float(t.item())
+
+    # ------------------------------------------------------------------ objectives
+    def _sft_step(self, exs: list[Example]) -> dict[str, float]:
+        """Cross-entropy on the target tokens, normalised by the global number of target tokens."""
+        targets = self.bb.encode_responses([e.target or "" for e in exs])
+        n_tokens = self._sum_all(float(sum(len(t) for t in targets)))
+        loss_sum = 0.0
+        for idx in self._chunks(len(exs)):
+            ctx = self._encode_student([exs[i] for i in idx])
+            lp, mask = self.bb.token_logprobs(ctx, [targets[i] for i in idx], grad=True)
+            loss = -(lp * mask).sum() / n_tokens
+            loss.backward()
+            loss_sum += float(loss.detach()) * n_tokens
+        return {"loss": self._sum_all(loss_sum) / n_tokens, "target_tokens": n_tokens}
+
+    def _opsd_step(self, exs: list[Example]) -> dict[str, float]:
+        """On-policy self-distillation: the student samples from the image; the teacher scores those
+        same tokens from the privileged symbolic text; the student follows the per-token advantage
+        ``log p_teacher - log p_student`` (or the full / top-k reverse KL, or generalised JSD)."""
+        c = self.cfg.opsd
+        exs = [e for e in exs for _ in range(c.rollouts_per_prompt)]
+        t0 = time.perf_counter()
+        s_ctx = self._encode_student(exs)
+        gen = self.bb.generate(
+            s_ctx, max_new_tokens=c.max_new_tokens, temperature=c.temperature, top_p=c.top_p
+        )
+        gen_time = time.perf_counter() - t0
+        responses = [list(s) for s in gen.sequences]
+        t_ctx = self.bb.encode_teacher([e.teacher_system for e in exs], [e.teacher_prompt or "" for e in exs])
+        scores = [
+            score_response(
+                get_task(e.task),
+                get_task(e.task).load_state(e.state),
+                txt,
+                sample_id=e.id,
+                optimal_length=e.optimal_length,
+            )
+            for e, txt in zip(exs, gen.texts, strict=True)
+        ]
+        success = torch.tensor([float(s.success) for s in scores])
+        n_tokens = self._sum_all(float(sum(len(r) for r in responses)))
+        full = c.loss in ("full", "topk", "jsd")
+        # Old log-probs and teacher scores once per rollout (no grad).
+        old, teach = {}, {}
+        for idx in self._chunks(len(exs)):
+            key = tuple(idx)
+            rs = [responses[i] for i in idx]
+            if c.updates_per_rollout > 1:
+                old[key] = self.bb.token_logprobs(s_ctx.select(idx), rs).logprobs
+            teach[key] = self._teacher_logprobs(t_ctx.select(idx), rs, full)
+        stats = {"reverse_kl": 0.0, "teacher_logp": 0.0, "student_logp": 0.0}
+        for update in range(c.updates_per_rollout):
+            for idx in self._chunks(len(exs)):
+                key = tuple(idx)
+                rs = [responses[i] for i in idx]
+                new = self.bb.token_logprobs(s_ctx.select(idx), rs, grad=True, full_vocab=full)
+                mask, t = new.mask, teach[key]
+                if c.loss == "sampled":
+                    old_lp = old.get(key, new.logprobs.detach())
+                    adv = obj.reverse_kl_advantages(t.logprobs, old_lp, mask, clip=c.adv_clip)
+                    if c.reward_weight:
+                        centred = success[idx] - success.mean()
+                        adv = adv + c.reward_weight * centred[:, None].to(adv) * mask
+                    ratio_clip = c.ratio_clip if c.updates_per_rollout > 1 else None
+                    loss = obj.policy_gradient_loss(
+                        new.logprobs, old_lp, adv, mask, ratio_clip, denom=n_tokens
+                    )
+                elif c.loss in ("full", "topk"):
+                    top_k = c.top_k if c.loss == "topk" else None
+                    loss = obj.full_reverse_kl(new.full, t.full, mask, top_k=top_k, denom=n_tokens)
+                else:
+                    loss = obj.generalized_jsd(new.full, t.full, mask, beta=c.jsd_beta, denom=n_tokens)
+                (loss / c.updates_per_rollout).backward()
+                if update == 0:
+                    gap = (new.logprobs.detach() - t.logprobs) * mask
+                    stats["reverse_kl"] += float(gap.sum())
+                    stats["teacher_logp"] += float((t.logprobs * mask).sum())
+                    stats["student_logp"] += float((new.logprobs.detach() * mask).sum())
+        out = {k: self._sum_all(v) / n_tokens for k, v in stats.items()}
+        n = self._sum_all(float(len(exs)))
+        out.update(
+            rollout_success=self._sum_all(float(success.sum())) / n,
+            rollout_parse_rate=self._sum_all(float(sum(not s.parse_failure for s in scores))) / n,
+            response_tokens=n_tokens / n,
+            gen_tokens_per_s=self._sum_all(sum(len(r) for r in responses) / max(gen_time, 1e-9)),
+        )
+        out["loss"] = out["reverse_kl"]
+        return out
+
+    # ------------------------------------------------------------------ optimisation
+    def _lr(self, step: int) -> float:
+        o, total = self.cfg.optim, self.total_steps
+        warm = int(o.warmup_ratio * total)
+        if step < warm:
+            return o.lr * (step + 1) / warm
+        progress = (step - warm) / max(1, total - warm)
+        if o.schedule == "cosine":
+            return o.lr * 0.5 * (1 + math.cos(math.pi * progress))
+        if o.schedule == "linear":
+            return o.lr * (1 - progress)
+        return o.lr
+
+    def _sync_gradients(self) -> None:
+        """Sum gradients over processes (each rank's loss is already a share of the global mean)."""
+        if self.world == 1:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params.values()]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        offset = 0
+        for p, g in zip(self.params.values(), grads, strict=True):
+            n = g.numel()
+            p.grad = flat[offset : offset + n].view_as(p).clone()
+            offset += n
+
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            desc=f"train {cfg.objective}",
+            unit="step",
+            disable=not (cfg.progress and self.acc.is_main_process),
+        )
+        self.bb.model.train()
+        last: dict[str, Any] = {}
+        while self.step < self.total_steps:
+            step = self.step
+            seed = step_seed(cfg.seed, step, self.rank)
+            torch.manual_seed(seed)
+            random.seed(seed)
+            np.random.seed(seed % 2**32)
+            t0 = time.perf_counter()
+            exs = self._local(self._global_batch(step))
+            logs = self._opsd_step(exs) if cfg.objective == "opsd" else self._sft_step(exs)
+            self._sync_gradients()
+            grad_norm = float("nan")
+            if cfg.optim.max_grad_norm > 0:
+                grad_norm = float(
+                    torch.nn.utils.clip_grad_norm_(list(self.params.values()), cfg.optim.max_grad_norm)
+                )
+            lr = self._lr(step)
+            for group in self.opt.param_groups:
+                group["lr"] = lr
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
+            if cfg.objective == "opsd" and cfg.opsd.teacher == "ema":
+                self._ema_update()
+            self.step = step + 1
+            dt = time.perf_counter() - t0
+            last = {
+                "step": self.step,
+                **logs,
+                "lr": lr,
+                "grad_norm": grad_norm,
+                "step_time": dt,
+                "samples_per_s": cfg.batch_size / dt,
+            }
+            if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < self.total_steps:
+                last.update(self._validate())
+            if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                self._log(last)
+            bar.update()
+            bar.set_postfix(loss=f"{logs['loss']:.4f}")
+            if cfg.save_every and self.step % cfg.save_every == 0 and self.step < self.total_steps:
+                self._checkpoint()
+        bar.close()
+        final = self._validate() if self.val else {}
+        if final:
+            self._log({"step": self.step, **final})
+        if self.acc.is_main_process:
+            self.bb.save(self.out / "model", merge_lora=cfg.save_merged)
+            summary = {"steps": self.step, "final": last, "validation": final, "best": self.best}
+            (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        self.close()
+        return last | final
+
+    # ------------------------------------------------------------------ validation, logs, checkpoints
+    def _validate(self) -> dict[str, float]:
+        """Greedy answers on the validation examples: macro success (planning) or perception accuracy."""
+        if not self.val:
+            return {}
+        scores, n = [], self.cfg.micro_batch_size
+        for i in range(0, len(self.val), n):
+            exs = self.val[i : i + n]
+            gen = self.bb.generate(
+                self._encode_student(exs), max_new_tokens=self.cfg.opsd.max_new_tokens, greedy=True
+            )
+            for e, text in zip(exs, gen.texts, strict=True):
+                task = get_task(e.task)
+                state = task.load_state(e.state)
+                if self.cfg.objective == "perception":
+                    scores.append(score_perception(task.perception(state), text)["accuracy"])
+                else:
+                    scores.append(
+                        score_response(
+                            task, state, text, sample_id=e.id, optimal_length=e.optimal_length
+                        ).to_dict()
+                    )
+        self.bb.model.train()
+        if self.cfg.objective == "perception":
+            value = float(np.mean(scores))
+            result = {"val_perception_accuracy": value}
+        else:
+            m = aggregate(scores, n_boot=1)
+            value = m["macro"]["success"]
+            result = {"val_success": value, "val_parse_rate": 1 - m["parse_failure"]}
+        if self.acc.is_main_process and (self.best is None or value > self.best):
+            self.best = value
+            self.bb.save(self.out / "best", merge_lora=self.cfg.save_merged)
+        return result
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if not self.acc.is_main_process:
+            return
+        with self.log_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k != "step" and math.isfinite(v):
+                    self.writer.add_scalar(k, v, record["step"])
+
+    def _truncate_log(self) -> None:
+        """On resume, drop log lines of steps after the checkpoint (they will be redone)."""
+        if not self.log_path.exists():
+            return
+        keep = [
+            ln
+            for ln in self.log_path.read_text().splitlines()
+            if ln.strip() and json.loads(ln).get("step", 0) <= self.step
+        ]
+        tmp = self.log_path.with_name(".log.jsonl.tmp")
+        tmp.write_text("".join(ln + "\n" for ln in keep))
+        os.replace(tmp, self.log_path)
+
+    def _tensorboard(self) -> Any:
+        if not self.acc.is_main_process:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is optional; log.jsonl always has everything
+            return None
+        return SummaryWriter(str(self.out / "tensorboard"), purge_step=self.step or None)
+
+    def _checkpoint(self) -> None:
+        if self.acc.is_main_process:
+            extra = None
+            if isinstance(self.teacher, Backbone) and self.cfg.opsd.teacher == "ema":
+                extra = {f"ema::{k}": v for k, v in self.teacher.model.named_parameters()}
+            save_checkpoint(
+                self.ckpt_dir,
+                self.step,
+                params=self.params,
+                optimizer=self.opt,
+                state={"best": self.best, "config": to_dict(self.cfg)},
+                extra=extra,
+                keep_last=self.cfg.keep_last,
+            )
+        self.acc.wait_for_everyone()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.acc.wait_for_everyone()
+        self.acc.end_training()
+        if self.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
+    """Run one training job; returns the last logged metrics."""
+    return Trainer(cfg, resume=resume).run()

@@ -1,0 +1,308 @@
+"""Training: each stage lowers its loss; resume equals uninterrupted; 2 processes equal 1."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mgsd.cli import main
+from mgsd.config import ConfigError, load_config
+from mgsd.data.generate import generate_dataset
+from mgsd.models import init_tiny
+from mgsd.tasks import get_task
+from mgsd.train.config import TrainConfig
+from mgsd.train.trainer import Trainer, train
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    model = init_tiny(root / "tiny", preset="tiny", seed=0)
+    for name, level in (("maze", 3), ("minibehaviour", 5)):
+        task = get_task(name)
+        generate_dataset(
+            task, [level], 12, split="train", seed=0, out=root / "train", progress=False, workers=1
+        )
+        generate_dataset(
+            task,
+            [level],
+            2,
+            split="val",
+            seed=0,
+            out=root / "val",
+            progress=False,
+            workers=1,
+            exclude_dirs=[root / "train"],
+        )
+    return root, model
+
+
+def config(root, model, out, objective="perception", **kw):
+    base = {
+        "objective": objective,
+        "model": str(model),
+        "out": str(out),
+        "train_data": [str(root / "train")],
+        "max_steps": 4,
+        "batch_size": 8,
+        "micro_batch_size": 4,
+        "progress": False,
+        "save_every": 0,
+        "optim": {"lr": 2e-3, "schedule": "constant"},
+        "opsd": {"max_new_tokens": 24},
+    }
+    for k, v in kw.items():
+        if isinstance(v, dict):
+            base[k] = {**base.get(k, {}), **v}
+        else:
+            base[k] = v
+    return load_config(TrainConfig, None, [f"{k}={json.dumps(v)}" for k, v in base.items()])
+
+
+def losses(out):
+    return [
+        r["loss"] for r in map(json.loads, (Path(out) / "log.jsonl").read_text().splitlines()) if "loss" in r
+    ]
+
+
+@pytest.mark.parametrize("objective", ["perception", "plan", "symbolic"])
+def test_sft_objectives_lower_their_loss(setup, tmp_path, objective):
+    root, model = setup
+    train(config(root, model, tmp_path / "run", objective, max_steps=5, lora={"r": 8}))
+    seen = losses(tmp_path / "run")
+    assert len(seen) == 5 and seen[-1] < seen[0] - 0.3
+    assert (tmp_path / "run" / "model" / "config.json").is_file()
+
+
+def test_opsd_runs_with_adapter_teacher_and_lowers_reverse_kl(setup, tmp_path):
+    root, model = setup
+    cfg = config(
+        root,
+        model,
+        tmp_path / "o",
+        "opsd",
+        max_steps=6,
+        lora={"r": 8},
+        val_data=[str(root / "val")],
+        optim={"lr": 5e-3},
+    )
+    result = train(cfg)
+    log = [json.loads(x) for x in (tmp_path / "o" / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in log if "reverse_kl" in r]
+    assert len(steps) == 6
+    for key in (
+        "reverse_kl",
+        "teacher_logp",
+        "student_logp",
+        "rollout_success",
+        "rollout_parse_rate",
+        "response_tokens",
+        "gen_tokens_per_s",
+    ):
+        assert key in steps[0]
+    # The student's own samples move toward the teacher: the per-token log-ratio shrinks.
+    assert sum(r["reverse_kl"] for r in steps[-2:]) < sum(r["reverse_kl"] for r in steps[:2])
+    assert "val_success" in result
+
+
+@pytest.mark.parametrize("loss", ["full", "topk", "jsd"])
+def test_opsd_vocabulary_losses_run(setup, tmp_path, loss):
+    root, model = setup
+    train(
+        config(
+            root,
+            model,
+            tmp_path / loss,
+            "opsd",
+            max_steps=1,
+            batch_size=4,
+            lora={"r": 4},
+            opsd={"loss": loss, "top_k": 8, "max_new_tokens": 12},
+        )
+    )
+    assert losses(tmp_path / loss)
+
+
+def test_opsd_teacher_options(setup, tmp_path):
+    root, model = setup
+    # full fine-tuning with a frozen copy of the initial weights, and an EMA teacher, reusing rollouts
+    for teacher in ("init", "ema", "live"):
+        train(
+            config(
+                root,
+                model,
+                tmp_path / teacher,
+                "opsd",
+                max_steps=1,
+                batch_size=4,
+                opsd={
+                    "teacher": teacher,
+                    "max_new_tokens": 12,
+                    "updates_per_rollout": 2,
+                    "reward_weight": 0.5,
+                },
+            )
+        )
+    with pytest.raises(ValueError, match="no"):
+        Trainer(config(root, model, tmp_path / "x", "opsd", opsd={"teacher": "base"}))
+
+
+def _weights(out):
+    return load_file(str(Path(out) / "model" / "model.safetensors"))
+
+
+def _same(a, b, atol=0.0):
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=atol, rtol=0)
+
+
+def test_resume_after_a_crash_equals_uninterrupted(setup, tmp_path, monkeypatch):
+    root, model = setup
+    kw = {"max_steps": 5, "save_every": 2, "optim": {"lr": 1e-3, "schedule": "cosine"}}
+    train(config(root, model, tmp_path / "full", **kw))
+    original = Trainer._log
+
+    def crash(self, record):
+        original(self, record)
+        if record.get("step") == 3:
+            raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(Trainer, "_log", crash)
+    with pytest.raises(RuntimeError):
+        train(config(root, model, tmp_path / "crashed", **kw))
+    monkeypatch.setattr(Trainer, "_log", original)
+    with pytest.raises(ValueError, match="--resume"):
+        Trainer(config(root, model, tmp_path / "crashed", **kw))
+    train(config(root, model, tmp_path / "crashed", **kw), resume=True)
+    _same(_weights(tmp_path / "full"), _weights(tmp_path / "crashed"))
+    steps = [json.loads(x)["step"] for x in (tmp_path / "crashed" / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5]  # the step redone after the crash is logged once
+
+
+def _cli(*args):
+    return [sys.executable, "-m", "mgsd.cli", *args]
+
+
+def test_kill_9_then_resume_equals_uninterrupted(setup, tmp_path):
+    root, model = setup
+    args = [
+        "train",
+        "opsd",
+        "--model",
+        str(model),
+        "--train-data",
+        str(root / "train"),
+        "--set",
+        "max_steps=5",
+        "--set",
+        "batch_size=4",
+        "--set",
+        "micro_batch_size=4",
+        "--set",
+        "save_every=1",
+        "--set",
+        "lora.r=4",
+        "--set",
+        "optim.lr=1e-3",
+        "--set",
+        "opsd.max_new_tokens=16",
+        "--set",
+        "progress=false",
+    ]
+    subprocess.run(_cli(*args, "--out", str(tmp_path / "full")), check=True, capture_output=True)
+    proc = subprocess.Popen(
+        _cli(*args, "--out", str(tmp_path / "killed")), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 120
+    while not (tmp_path / "killed" / "checkpoints" / "step-000002").exists() and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed" / "model").exists()
+    subprocess.run(
+        _cli(*args, "--out", str(tmp_path / "killed"), "--resume"), check=True, capture_output=True
+    )
+    _same(_weights(tmp_path / "full"), _weights(tmp_path / "killed"))
+
+
+def test_two_processes_equal_one(setup, tmp_path):
+    root, model = setup
+    args = [
+        "train",
+        "plan",
+        "--model",
+        str(model),
+        "--train-data",
+        str(root / "train"),
+        "--set",
+        "max_steps=3",
+        "--set",
+        "batch_size=8",
+        "--set",
+        "micro_batch_size=2",
+        "--set",
+        "optim.lr=1e-3",
+        "--set",
+        "progress=false",
+    ]
+    subprocess.run(_cli(*args, "--out", str(tmp_path / "one")), check=True, capture_output=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "mgsd.cli",
+            *args,
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    _same(_weights(tmp_path / "one"), _weights(tmp_path / "two"), atol=1e-5)
+    one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert one == pytest.approx(two, abs=1e-5)
+
+
+def test_config_errors_are_one_clear_line(setup, tmp_path, capsys):
+    root, _ = setup
+    with pytest.raises(ConfigError, match=r"unknown config key optim\.learning_rate"):
+        load_config(TrainConfig, None, ["optim.learning_rate=1"])
+    with pytest.raises(ConfigError, match=r"opsd\.loss"):
+        load_config(TrainConfig, None, ["opsd.loss=kl"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("batch_size: [1, 2\n")
+    assert main(["train", "plan", "--config", str(bad)]) == 2
+    assert "invalid YAML" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "train",
+                "plan",
+                "--model",
+                str(tmp_path / "nope"),
+                "--train-data",
+                str(root / "train"),
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
+    assert "not a model directory" in capsys.readouterr().err
