@@ -77,13 +77,35 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from mgsd.pipeline import run_benchmark
+    from mgsd.config import load_config
+    from mgsd.pipeline import PipelineConfig, run_pipeline
 
-    summary = run_benchmark(args.out, per_level=args.per_level, seed=args.seed)
-    for name, m in summary["models"].items():
-        print(f"\n== {name}")
-        print_metrics(m)
-    print(f"\nwrote {Path(args.out) / 'summary.json'}")
+    cfg = load_config(PipelineConfig, args.config, args.overrides)
+    external = {}
+    for item in args.external:
+        name, sep, path = item.partition("=")
+        if not sep or not path:
+            raise ValueError(f"--external {item!r}: use NAME=PATH, e.g. vsp=DIR")
+        external[name] = path
+    summary = run_pipeline(cfg, args.out, external)
+    h = summary["headline"]
+    head = f"{'model':<20}{'modality':<10}{'dataset':<26}{'n':>6}"
+    print(f"\n{head}{'success':>9}{'optimal':>9}{'progress':>9}  95% CI")
+    for r in summary["rows"]:
+        m = r["macro"]
+        lo, hi = m["ci"]["success"]
+        print(
+            f"{r['model']:<20}{r['modality']:<10}{r['dataset']:<26}{r['n']:>6}{100 * m['success']:>9.1f}"
+            f"{100 * m['optimal']:>9.1f}{100 * m['progress']:>9.1f}  [{100 * lo:.1f}, {100 * hi:.1f}]"
+        )
+    d = h["mgsd_minus_coldstart_success"]
+    print(
+        f"\nMGSD - cold start (macro success): {100 * d['diff']:+.1f} points, paired 95% CI "
+        f"[{100 * d['ci'][0]:+.1f}, {100 * d['ci'][1]:+.1f}]"
+    )
+    if h["gap_closed_fraction"] is not None:
+        print(f"fraction of the base's visual-to-symbolic gap closed by MGSD: {h['gap_closed_fraction']:.2f}")
+    print(f"wrote {Path(args.out) / 'summary.json'} and {Path(args.out) / 'report.html'}")
     return 0
 
 
@@ -120,10 +142,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     exp.set_defaults(func=_cmd_export)
 
-    run = sub.add_parser("run", help="the main job: build the benchmark and score it")
+    run = sub.add_parser("run", help="the whole MGSD experiment: data, base, stage 1, stage 2, eval, report")
+    run.add_argument("--config", default=None, help="pipeline YAML (e.g. configs/default.yaml)")
     run.add_argument("--out", default="runs/default")
-    run.add_argument("--per-level", type=int, default=50)
-    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    run.add_argument(
+        "--external",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="extra test set: vsp=DIR or visualplanning-<task>=FILE",
+    )
     run.set_defaults(func=_cmd_run)
 
     for name in _PLUGINS:
