@@ -104,8 +104,9 @@ def examples(data: str) -> list[Example]:
 
 
 def step_times(ticks: list[float], warmup: int) -> list[float]:
-    """Durations of the steps after ``warmup``, from the end times of all steps."""
-    return [b - a for a, b in zip(ticks[warmup:], ticks[warmup + 1 :], strict=False)]
+    """Durations of the steps after the first ``warmup`` (>= 1), from the end times of all steps:
+    a step lasts from the end of the previous one to its own end."""
+    return [b - a for a, b in zip(ticks[warmup - 1 :], ticks[warmup:], strict=False)]
 
 
 # ---------------------------------------------------------------------------------------------- ours
@@ -315,11 +316,72 @@ def prompt_lengths(model: Path, data: Path) -> tuple[int, int, int]:
     exs = examples(str(data))
     student = bb.encode_student([e.prompt for e in exs[:8]], [e.pil_image() for e in exs[:8]])
     teacher = bb.encode_teacher(
-        [e.teacher_system or "" for e in exs[:8]], [e.teacher_prompt or "" for e in exs[:8]]
+        [e.teacher_system for e in exs[:8]], [e.teacher_prompt or "" for e in exs[:8]]
     )
     image = int((student.input_ids[0] == bb.image_token_id).sum())
     mean = float(teacher.attention_mask.sum(-1).float().mean())
     return int(student.attention_mask[0].sum()), image, round(mean)
+
+
+def measure_speed(a: argparse.Namespace, model: Path, data: Path) -> dict[str, Any]:
+    """Every speed variant once per round, interleaved, each in a fresh process."""
+    times: dict[str, list[float]] = {k: [] for k in SPEED_VARIANTS}
+    rates: dict[str, list[float]] = {k: [] for k in SPEED_VARIANTS}
+    tokens: dict[str, float] = {}
+    loads = []
+    for _ in range(a.rounds):
+        for name in SPEED_VARIANTS:
+            loads.append(load_avg())
+            r = spawn(a, name, model, data)
+            times[name] += r["step_times"]
+            rates[name].append(len(r["step_times"]) / sum(r["step_times"]))
+            tokens[name] = r["gen_tokens_per_step"]
+    loads.append(load_avg())
+    return {"times": times, "rates": rates, "tokens": tokens, "loads": loads}
+
+
+def report_speed(speed: dict[str, Any], threads: int) -> None:
+    rates, times, tokens, loads = speed["rates"], speed["times"], speed["tokens"], speed["loads"]
+    head = f"{'variant':<30}{'teacher input':<23}{'loss':<32}"
+    print(f"\n  {head}{'steps/s (best)':>16}{'s/step':>9}{'tok/step':>10}")
+    median = {k: statistics.median(v) for k, v in rates.items()}
+    for name, (label, teacher_input, loss) in SPEED_VARIANTS.items():
+        print(
+            f"  {label:<30}{teacher_input:<23}{loss:<32}{median[name]:>8.3f} ({max(rates[name]):.3f})"
+            f"{statistics.median(times[name]):>9.2f}{tokens[name]:>10.0f}"
+        )
+    for name, what in (("ours-equal", "equal inputs and loss"), ("ours-paper", "paper step vs TRL    ")):
+        note = "" if name == "ours-equal" else "; not equal inputs"
+        print(
+            f"  ratio ours / TRL, {what}: {median[name] / median['trl']:.2f}x"
+            f"   (best rounds: {max(rates[name]) / max(rates['trl']):.2f}x{note})"
+        )
+    print(f"  1-min load average during the runs: {min(loads):.2f} to {max(loads):.2f} ({threads} threads)")
+
+
+def report_memory(a: argparse.Namespace, mem: dict[str, dict[str, float]]) -> None:
+    print(
+        f"\nPeak RSS (VmHWM) of our stage-2 run, fresh process each, {a.warmup + 2} steps,"
+        f" paper step (privileged text teacher, sampled loss):"
+    )
+    labels = {
+        "base": "teacher=base (adapter disabled)",
+        "live": "teacher=live (no teacher weights)",
+        "init": "teacher=init (second frozen copy)",
+    }
+    for t in MEMORY_VARIANTS:
+        m = mem[t]
+        above = m["peak_mb"] - m["baseline_mb"]
+        print(
+            f"  {labels[t]:<36}: peak {m['peak_mb']:7.1f} MB  (+{above:6.1f} MB above"
+            f" the post-import RSS {m['baseline_mb']:.0f} MB)"
+        )
+    b, live = mem["base"], mem["live"]
+    above = (b["peak_mb"] - b["baseline_mb"]) / max(live["peak_mb"] - live["baseline_mb"], 1e-9)
+    print(
+        f"  base / live: {b['peak_mb'] / live['peak_mb']:.3f}x peak RSS, {above:.3f}x above baseline"
+        f" (goal <= 1.15x)"
+    )
 
 
 def main() -> int:
@@ -339,6 +401,8 @@ def main() -> int:
     a = parser.parse_args()
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+    if a.warmup < 1 or a.steps < 1:
+        parser.error("--warmup and --steps must be at least 1 (a timed step starts when the previous ends)")
     if a.worker:
         worker(a)
         return 0
@@ -353,77 +417,20 @@ def main() -> int:
         student_len, image_len, teacher_len = prompt_lengths(model, data)
         threads = a.threads or torch.get_num_threads()
         print(
-            f"OPSD stage-2 steps/s: {a.preset} Qwen3-VL ({n_params / 1e6:.1f}M parameters), {threads} threads,"
-            f" batch {a.batch}, {a.new_tokens} new tokens per rollout (forced), LoRA r={a.lora_r}"
-            f" alpha={2 * a.lora_r} on the LM linears"
+            f"OPSD stage-2 steps/s: {a.preset} Qwen3-VL ({n_params / 1e6:.1f}M parameters), {threads}"
+            f" threads, batch {a.batch}, {a.new_tokens} new tokens per rollout (forced),"
+            f" LoRA r={a.lora_r} alpha={2 * a.lora_r} on the LM linears"
         )
         print(
             f"  prompt tokens per sample: student {student_len} (of which image {image_len}),"
             f" privileged teacher context {teacher_len} (text only)"
         )
         print(f"  {a.rounds} interleaved rounds x {a.steps} timed steps after {a.warmup} warm-up step(s)")
-        times: dict[str, list[float]] = {k: [] for k in SPEED_VARIANTS}
-        rates: dict[str, list[float]] = {k: [] for k in SPEED_VARIANTS}
-        tokens: dict[str, float] = {}
-        loads = []
-        for _ in range(a.rounds):
-            for name in SPEED_VARIANTS:
-                loads.append(load_avg())
-                r = spawn(a, name, model, data)
-                times[name] += r["step_times"]
-                rates[name].append(len(r["step_times"]) / sum(r["step_times"]))
-                tokens[name] = r["gen_tokens_per_step"]
-        loads.append(load_avg())
-
-        print(
-            f"\n  {'variant':<30}{'teacher input':<23}{'loss':<32}{'steps/s (best)':>16}{'s/step':>9}{'tok/step':>10}"
-        )
-        median = {k: statistics.median(v) for k, v in rates.items()}
-        for name, (label, teacher_input, loss) in SPEED_VARIANTS.items():
-            print(
-                f"  {label:<30}{teacher_input:<23}{loss:<32}{median[name]:>8.3f} ({max(rates[name]):.3f})"
-                f"{statistics.median(times[name]):>9.2f}{tokens[name]:>10.0f}"
-            )
-        print(
-            f"  ratio ours / TRL, equal inputs and loss : {median['ours-equal'] / median['trl']:.2f}x"
-            f"   (best rounds: {max(rates['ours-equal']) / max(rates['trl']):.2f}x)"
-        )
-        print(
-            f"  ratio ours / TRL, paper step vs TRL     : {median['ours-paper'] / median['trl']:.2f}x"
-            f"   (best rounds: {max(rates['ours-paper']) / max(rates['trl']):.2f}x; not equal inputs)"
-        )
-        print(
-            f"  1-min load average during the runs: {min(loads):.2f} to {max(loads):.2f} (threads: {threads})"
-        )
-
+        report_speed(measure_speed(a, model, data), threads)
         if not a.skip_memory:
             mem = {t: spawn(a, f"memory-{t}", model, data, memory=True) for t in MEMORY_VARIANTS}
             report_memory(a, mem)
     return 0
-
-
-def report_memory(a: argparse.Namespace, mem: dict[str, dict[str, float]]) -> None:
-    print(
-        f"\nPeak RSS (VmHWM) of our stage-2 run, fresh process each, {a.warmup + 2} steps,"
-        f" paper step (privileged text teacher, sampled loss):"
-    )
-    labels = {
-        "base": "teacher=base (adapter disabled)",
-        "live": "teacher=live (no teacher weights)",
-        "init": "teacher=init (second frozen copy)",
-    }
-    for t in MEMORY_VARIANTS:
-        m = mem[t]
-        print(
-            f"  {labels[t]:<36}: peak {m['peak_mb']:7.1f} MB"
-            f"  (+{m['peak_mb'] - m['baseline_mb']:6.1f} MB above the post-import RSS {m['baseline_mb']:.0f} MB)"
-        )
-    b, live = mem["base"], mem["live"]
-    above = (b["peak_mb"] - b["baseline_mb"]) / max(live["peak_mb"] - live["baseline_mb"], 1e-9)
-    print(
-        f"  base / live: {b['peak_mb'] / live['peak_mb']:.3f}x peak RSS, {above:.3f}x above baseline"
-        f" (goal <= 1.15x)"
-    )
 
 
 if __name__ == "__main__":

@@ -94,6 +94,8 @@ def eval_plans(data: Sequence[str | Path], out: str | Path, predictions: str | P
     if not samples:
         raise DataError("the dataset is empty")
     preds = read_predictions(predictions) if predictions is not None else None
-    return write_results(
-        out, score_dataset(samples, preds), {"predictions": "oracle" if preds is None else str(predictions)}
-    )
+    extra = {
+        "predictions": "oracle" if preds is None else str(predictions),
+        "data": [str(Path(d).resolve()) for d in data],
+    }
+    return write_results(out, score_dataset(samples, preds), extra)

@@ -18,6 +18,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("objective", choices=OBJECTIVES)
     p.add_argument("--config", help="YAML file of TrainConfig keys")
+    p.add_argument(
+        "--section",
+        help="use this top-level section of --config (a recipe holding several stages, e.g. "
+        "configs/paper-qwen3vl-4b.yaml has stage1 and stage2)",
+    )
     p.add_argument("--model", help="model directory or hub id to start from")
     p.add_argument("--train-data", nargs="+", help="training dataset directories")
     p.add_argument("--val-data", nargs="+", help="validation dataset directories")
@@ -29,7 +34,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from mgsd.config import load_config
+    from mgsd.config import ConfigError, load_config, load_yaml
     from mgsd.train.config import TrainConfig
     from mgsd.train.trainer import train
 
@@ -40,7 +45,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
     for key, value in (("train_data", args.train_data), ("val_data", args.val_data)):
         if value:
             overrides.append(f"{key}={json.dumps(value)}")
-    cfg = load_config(TrainConfig, args.config, [*overrides, *args.overrides])
+    if args.section is not None:
+        # load_config reads a missing section as empty: name the choices instead of training on defaults.
+        if not args.config:
+            raise ConfigError("--section needs --config")
+        data = load_yaml(args.config)
+        sections = sorted(k for k, v in data.items() if isinstance(v, dict))
+        if args.section not in sections:
+            raise ConfigError(
+                f"{args.config} has no section {args.section!r} (sections: {', '.join(sections) or 'none'})"
+            )
+        # A multi-stage recipe names each stage's objective: running one stage as another is a slip.
+        named = data[args.section].get("objective")
+        if named is not None and named != args.objective:
+            raise ConfigError(f"section {args.section!r} is a {named!r} stage, not {args.objective!r}")
+    cfg = load_config(TrainConfig, args.config, [*overrides, *args.overrides], section=args.section)
     result = train(cfg, resume=args.resume)
     shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}
     print(json.dumps(shown))
