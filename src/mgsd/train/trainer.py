@@ -139,7 +139,9 @@ class Trainer:
             raise ValueError("opsd.teacher=path needs opsd.teacher_path")
         teacher = Backbone.load(
             path,
-            dtype="float32",
+            # A frozen teacher has no small updates to protect: store it in the compute dtype. The EMA
+            # teacher does receive small updates, so it keeps fp32 like the student's master weights.
+            dtype="float32" if kind == "ema" else cfg.compute_dtype,
             compute_dtype=cfg.compute_dtype,
             trust_remote_code=cfg.trust_remote_code,
             device=self.acc.device,
@@ -230,8 +232,8 @@ class Trainer:
         ``log p_teacher - log p_student`` (or the full / top-k reverse KL, or generalised JSD)."""
         c = self.cfg.opsd
         exs = [e for e in exs for _ in range(c.rollouts_per_prompt)]
-        t0 = time.perf_counter()
         s_ctx = self._encode_student(exs)
+        t0 = time.perf_counter()
         gen = self.bb.generate(
             s_ctx, max_new_tokens=c.max_new_tokens, temperature=c.temperature, top_p=c.top_p
         )
@@ -250,6 +252,7 @@ class Trainer:
         ]
         success = torch.tensor([float(s.success) for s in scores])
         n_tokens = self._sum_all(float(sum(len(r) for r in responses)))
+        global_success = self._sum_all(float(success.sum())) / self._sum_all(float(len(exs)))
         full = c.loss in ("full", "topk", "jsd")
         # Old log-probs and teacher scores once per rollout (no grad).
         old, teach = {}, {}
@@ -269,8 +272,8 @@ class Trainer:
                 if c.loss == "sampled":
                     old_lp = old.get(key, new.logprobs.detach())
                     adv = obj.reverse_kl_advantages(t.logprobs, old_lp, mask, clip=c.adv_clip)
-                    if c.reward_weight:
-                        centred = success[idx] - success.mean()
+                    if c.reward_weight:  # centred on the global batch mean, the same on every process
+                        centred = success[idx] - global_success
                         adv = adv + c.reward_weight * centred[:, None].to(adv) * mask
                     ratio_clip = c.ratio_clip if c.updates_per_rollout > 1 else None
                     loss = obj.policy_gradient_loss(
