@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import random
-import resource
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+from _memory import peak_mb, reset_peak  # benchmarks/_memory.py, beside this script
 from PIL import Image, ImageDraw
 from transformers.utils import logging as hf_logging
 
@@ -85,35 +85,6 @@ def batched(
         gen = bb.generate(ctx, max_new_tokens=new_tokens)
         total += sum(len(s) for s in gen.sequences)
     return total, time.perf_counter() - t0
-
-
-def _status_mb(field: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024  # kB
-    raise KeyError(field)
-
-
-def reset_peak() -> float:
-    """Reset the peak-RSS counter to the current RSS (Linux) and return the current RSS in MB.
-
-    getrusage's ru_maxrss survives fork+exec (a child starts at its parent's peak), so use the
-    per-process VmHWM instead, which ``clear_refs`` can reset after the imports.
-    """
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
-    return _status_mb("VmRSS")
-
-
-def peak_mb() -> float:
-    try:
-        return _status_mb("VmHWM")
-    except (OSError, KeyError):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def distill_step(

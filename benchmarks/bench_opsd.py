@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _memory import reset_peak, status_mb  # benchmarks/_memory.py, beside this script
 from transformers.utils import logging as hf_logging
 
 from mgsd.config import load_config
@@ -76,24 +77,6 @@ MEMORY_VARIANTS = ("base", "live", "init")  # opsd.teacher of our stage-2 run
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def _status_mb(field: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024  # kB
-    raise KeyError(field)
-
-
-def reset_peak() -> float:
-    """Reset VmHWM to the current RSS (Linux ``clear_refs``) and return the current RSS in MB."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
-    return _status_mb("VmRSS")
-
-
 def load_avg() -> float:
     """The 1-minute load average: above the thread count, other processes compete for the cores."""
     return os.getloadavg()[0]
@@ -277,7 +260,7 @@ def run_memory(a: argparse.Namespace, teacher: str, out: Path) -> dict[str, Any]
     cfg = ours_config(a, out, loss="sampled", teacher=teacher, steps=a.warmup + 2)
     trainer = BenchTrainer(cfg, teacher_reads_student_prompt=False)
     trainer.run()
-    return {"baseline_mb": baseline, "peak_mb": _status_mb("VmHWM")}
+    return {"baseline_mb": baseline, "peak_mb": status_mb("VmHWM")}
 
 
 # ---------------------------------------------------------------------------------------------- driver

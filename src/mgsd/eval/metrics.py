@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from mgsd.actions import parse_plan
-from mgsd.tasks import Task, get_task
+from mgsd.tasks import Task
 
 METRICS: tuple[str, ...] = ("success", "optimal", "progress", "invalid", "parse_failure")
 _NOT_INVALID = (None, "incomplete", "parse_failure")
@@ -240,17 +240,3 @@ def paired_bootstrap_diff(
     macro = np.mean([np.mean([reps[k] for k in cells if k[0] == t], axis=0) for t in tasks], axis=0)
     lo, hi = np.percentile(macro[:, 0], [2.5, 97.5])
     return {"metric": metric, "diff": float(point), "ci": [float(lo), float(hi)], "n": len(a)}
-
-
-def score_rows(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Convenience: score rows carrying ``task``, ``state``, ``response``, ``optimal_length``, ``id``."""
-    out = []
-    for r in rows:
-        task = get_task(r["task"])
-        state = task.load_state(r["state"]) if isinstance(r["state"], str) else r["state"]
-        out.append(
-            score_response(
-                task, state, r.get("response"), sample_id=r["id"], optimal_length=int(r["optimal_length"])
-            ).to_dict()
-        )
-    return out

@@ -20,7 +20,6 @@ _EXPORTS = {
     "TokenLogProbs": "logprobs",
     "check_paired": "logprobs",
     "logprob_gap": "logprobs",
-    "masked_mean": "logprobs",
     "FAMILIES": "tiny",
     "PRESETS": "tiny",
     "Dims": "tiny",

@@ -72,8 +72,3 @@ def logprob_gap(student: TokenLogProbs, teacher: TokenLogProbs) -> torch.Tensor:
     check_paired(student, teacher)
     mask = student.mask
     return (student.logprobs - teacher.logprobs.to(student.logprobs.device)) * mask
-
-
-def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Token mean over the mask (0 when the mask is empty)."""
-    return (values * mask).sum() / mask.sum().clamp_min(1)
