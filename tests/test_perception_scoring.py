@@ -43,6 +43,17 @@ def test_missing_section_is_wrong_even_when_target_is_empty():
         ("cells", "I am not sure", None),
         ("actions", "none", frozenset()),
         ("open_dirs", "(0,0): none\n(0,1): up", {(0, 0): frozenset(), (0, 1): frozenset({"up"})}),
+        (
+            "open_dirs",
+            " ┌╴\n└┼ ",
+            {
+                (0, 0): frozenset({"right", "down"}),
+                (0, 1): frozenset({"left"}),
+                (1, 0): frozenset({"up", "right"}),
+                (1, 1): frozenset({"up", "right", "down", "left"}),
+            },
+        ),
+        ("open_dirs", "┌x\n└┼", None),
     ],
 )
 def test_parse_section(kind, text, value):

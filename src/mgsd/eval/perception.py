@@ -2,9 +2,10 @@
 
 Each question's answer section is compared with the target according to the question's kind:
 ``size`` (``NxN`` or a bare N), ``position`` (exactly one ``(r,c)``), ``cells`` (the set of ``(r,c)``;
-``none`` = empty), ``open_dirs`` (``(r,c): words`` per line, as a dict of sets), ``actions`` (the set of
-words up/right/down/left). A section that is missing or unparseable is wrong — an empty answer never
-matches an empty target by accident (the reference's perception scorer did exactly that).
+``none`` = empty), ``open_dirs`` (a box-drawing grid, or ``(r,c): words`` per line; a dict of sets),
+``actions`` (the set of words up/right/down/left). A section that is missing or unparseable is
+wrong — an empty answer never matches an empty target by accident (the reference's perception
+scorer did exactly that).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from mgsd.tasks import PerceptionItem
+from mgsd.tasks import MOVE_WORDS, PerceptionItem
+from mgsd.tasks.maze import GLYPH_MOVES
 
 _SECTION = re.compile(r"^\s*(\d+)\s*[.)]\s?", re.MULTILINE)
 _CELL = re.compile(r"\(\s*(\d+)\s*,\s*(\d+)\s*\)")
@@ -59,7 +61,21 @@ def _words(s: str) -> frozenset[str] | None:
     return frozenset() if _NONE.search(s) else None
 
 
+def _glyph_grid(s: str) -> dict[tuple[int, int], frozenset[str]] | None:
+    """A maze drawn with ``GLYPHS`` (one character per cell, one row per line); None if any is foreign."""
+    rows = [line.strip() for line in s.splitlines() if line.strip()]
+    if not rows or any(ch not in GLYPH_MOVES for row in rows for ch in row):
+        return None
+    return {
+        (r, c): frozenset(MOVE_WORDS[m] for m in GLYPH_MOVES[ch])
+        for r, row in enumerate(rows)
+        for c, ch in enumerate(row)
+    }
+
+
 def _open_dirs(s: str) -> dict[tuple[int, int], frozenset[str]] | None:
+    if not _CELL.search(s):
+        return _glyph_grid(s)
     table: dict[tuple[int, int], frozenset[str]] = {}
     for line in s.splitlines():
         m = _CELL.search(line)

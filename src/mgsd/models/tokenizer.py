@@ -39,6 +39,7 @@ DOMAIN_ADDED_TOKENS: tuple[str, ...] = (
     "<think>",
     "</think>",
     *(f"{n}x{n}" for n in range(1, 10)),
+    *"·╵╶╷╴│─└┌┐┘├┤┬┴┼",  # box-drawing glyphs (grids drawn as text), one token each
 )
 # Words BPE must learn as whole tokens (lower-case and Capitalised, with and without a leading space).
 _WORDS = """

@@ -12,58 +12,51 @@ from typing import Any
 from mgsd.tasks import MOVE_WORDS, Task
 
 IMAGE_LEGEND: dict[str, str] = {
-    "frozenlake": (
-        "In the picture the elf is the player, the gift box is the goal, dark water holes are unsafe "
-        "and plain ice tiles are safe."
-    ),
-    "maze": (
-        "In the picture the yellow dot is the player, the blue dot is the goal, white corridors can be "
-        "walked and black bands are walls that cannot be crossed."
-    ),
+    "frozenlake": "The elf is the player, the gift box the goal, dark water cells are holes, ice is safe.",
+    "maze": "The yellow dot is the player, the blue dot the goal; black bands are walls.",
     "minibehaviour": (
-        "In the picture the red triangle is the agent, the white printer icon is the printer, the tan "
-        "2x3 block is the table and black cells are free floor."
+        "The red triangle is the agent, the white icon the printer, the tan 2x3 block the table; "
+        "black cells are floor."
     ),
 }
 
 GOAL: dict[str, str] = {
-    "frozenlake": "Find a safe route from the player to the goal that never steps on a hole or off the map.",
-    "maze": "Find a route from the player to the goal that never passes through a wall.",
-    "minibehaviour": (
-        "Walk the agent next to the printer, PICK it up, walk next to the table and DROP it there."
-    ),
+    "frozenlake": "Reach the goal without stepping into a hole or off the map.",
+    "maze": "Reach the goal without crossing a wall.",
+    "minibehaviour": "Go next to the printer, PICK it up, go next to the table and DROP it.",
 }
 
 RULES: dict[str, str] = {
-    "frozenlake": "Moves: U (up), D (down), L (left), R (right); one cell each. The ice is not slippery.",
-    "maze": "Moves: U (up), D (down), L (left), R (right); one cell each.",
+    "frozenlake": "Moves: U, D, L, R, one cell each; the ice is not slippery.",
+    "maze": "Moves: U, D, L, R, one cell each.",
     "minibehaviour": (
-        "Moves: U, D, L, R (one cell each); actions: PICK (only next to the printer) and DROP (only while "
-        "carrying and next to the table). Table cells can never be entered. The printer cell is blocked "
-        "until PICK; after PICK it is free."
+        "Moves: U, D, L, R, one cell each. PICK needs the printer next to you; DROP needs the table next "
+        "to you while carrying. Table cells are never entered; the printer cell is blocked until PICK."
     ),
 }
 
 ANSWER_FORMAT: dict[str, str] = {
-    "frozenlake": "letters only, e.g. <answer>UURD</answer>",
-    "maze": "letters only, e.g. <answer>DDRU</answer>",
-    "minibehaviour": "comma-separated actions, e.g. <answer>L,PICK,D,R,DROP</answer>",
+    "frozenlake": "letters, e.g. <answer>UURD</answer>",
+    "maze": "letters, e.g. <answer>DDRU</answer>",
+    "minibehaviour": "comma-separated, e.g. <answer>L,PICK,D,R,DROP</answer>",
 }
 
 _OUTPUT = (
-    "Reply in this order: first restate what you see (size, positions and the {things}), using 0-based "
-    "(row,col) coordinates; then one line with the route; then finish with exactly one answer block "
-    "holding the whole plan, {fmt}."
+    "First restate the size, positions and {things} with 0-based (row,col), then the route, then one "
+    "answer block with the whole plan, {fmt}."
 )
-_THINGS = {"frozenlake": "holes", "maze": "open directions of every cell", "minibehaviour": "table cells"}
+_THINGS = {
+    "frozenlake": "holes",
+    "maze": "maze drawn with one box-drawing character per cell",
+    "minibehaviour": "table cells",
+}
 
 
 def student_prompt(task: Task) -> str:
     """The visual student's instruction; the image follows it in the same user turn."""
     return "\n".join(
         [
-            f"You are solving a {task.title} puzzle shown in the image.",
-            GOAL[task.name],
+            f"{task.title} puzzle in the image. {GOAL[task.name]}",
             IMAGE_LEGEND[task.name],
             RULES[task.name],
             _OUTPUT.format(things=_THINGS[task.name], fmt=ANSWER_FORMAT[task.name]),
@@ -75,8 +68,7 @@ def text_student_prompt(task: Task, state: dict[str, Any]) -> str:
     """The same problem for a text-only student: the symbolic state replaces the image."""
     return "\n".join(
         [
-            f"You are solving a {task.title} puzzle described in text.",
-            GOAL[task.name],
+            f"{task.title} puzzle described below. {GOAL[task.name]}",
             RULES[task.name],
             _OUTPUT.format(things=_THINGS[task.name], fmt=ANSWER_FORMAT[task.name]),
             "",
@@ -89,9 +81,7 @@ def teacher_system(task: Task) -> str:
     """The privileged teacher's system turn: same task and output format, symbolic input."""
     return "\n".join(
         [
-            f"You are an expert {task.title} planner. The puzzle is given to you as an exact symbolic "
-            "description instead of an image.",
-            GOAL[task.name],
+            f"You plan {task.title} puzzles from an exact text description of the state. {GOAL[task.name]}",
             RULES[task.name],
             _OUTPUT.format(things=_THINGS[task.name], fmt=ANSWER_FORMAT[task.name]),
         ]
@@ -102,7 +92,7 @@ def teacher_context(task: Task, state: dict[str, Any], plan: str | None = None) 
     """The teacher's user turn: the symbolic state, optionally with the reference plan."""
     lines = [task.symbolic_text(state)]
     if plan is not None:
-        lines += ["", f"A shortest correct plan is {plan}. Give your answer without mentioning this hint."]
+        lines += ["", f"A shortest correct plan is {plan}. Do not mention this hint."]
     return "\n".join(lines)
 
 
@@ -110,9 +100,8 @@ def perception_prompt(task: Task, state: dict[str, Any]) -> str:
     """Numbered perception questions about the image (the questions do not depend on the state)."""
     items = task.perception(state)
     lines = [
-        f"Answer these questions about the {task.title} image.",
-        IMAGE_LEGEND[task.name],
-        "Use 0-based (row,col) coordinates and answer each question on its own numbered line.",
+        f"Questions about the {task.title} image. {IMAGE_LEGEND[task.name]}",
+        "Use 0-based (row,col) and answer each question on its own numbered line.",
     ]
     lines += [f"{i}. {item.question}" for i, item in enumerate(items, start=1)]
     return "\n".join(lines)
@@ -139,5 +128,9 @@ def _route_line(plan: list[str]) -> str:
 
 def reference_response(task: Task, state: dict[str, Any], plan: list[str]) -> str:
     """A model-style answer: the perceived state, one route line, the answer block."""
-    facts = [f"{item.key}: {item.answer}" for item in task.perception(state) if item.kind != "actions"]
+    facts = [
+        f"{item.key}:{chr(10) if chr(10) in item.answer else ' '}{item.answer}"
+        for item in task.perception(state)
+        if item.kind != "actions"
+    ]
     return "\n".join([*facts, _route_line(plan), f"<answer>{task.format_plan(plan)}</answer>"])

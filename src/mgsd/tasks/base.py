@@ -56,7 +56,7 @@ class PerceptionItem:
     """One perception question with its target answer.
 
     ``kind`` tells the scorer how to compare answers: ``size`` (NxN), ``position`` ((r,c)),
-    ``cells`` (a set of (r,c)), ``open_dirs`` ((r,c): words, one line per cell), ``actions``
+    ``cells`` (a set of (r,c)), ``open_dirs`` (a maze's box-drawing grid, one line per row), ``actions``
     (a set of the words up/right/down/left).
     """
 

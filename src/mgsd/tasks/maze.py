@@ -38,7 +38,8 @@ QUESTIONS: tuple[tuple[str, str, str], ...] = (
     (
         "open_dirs",
         "open_dirs",
-        "For every cell, row by row, which directions (up, right, down, left) are open and not walled?",
+        "Draw the maze row by row with one box-drawing character per cell whose strokes point to the "
+        "open (unwalled) directions.",
     ),
     ("legal_actions", "actions", "Which moves (up, right, down, left) can the player make from its cell?"),
 )
@@ -101,6 +102,29 @@ def _gap(length: int, level: int, bucket: str) -> int:
     easy = max(1, level // 2)
     lo, hi = {"easy": (1, easy), "medium": (easy + 1, level), "hard": (level + 1, level * level)}[bucket]
     return max(lo - length, length - hi, 0)
+
+
+# One box-drawing glyph per set of open directions: its strokes point where the cell is open. A whole
+# maze restates as n short rows (one token per cell) instead of a (row,col) list of words per cell.
+GLYPHS: dict[frozenset[str], str] = {
+    frozenset(): "·",
+    frozenset("U"): "╵",
+    frozenset("R"): "╶",
+    frozenset("D"): "╷",
+    frozenset("L"): "╴",
+    frozenset("UD"): "│",
+    frozenset("LR"): "─",
+    frozenset("UR"): "└",
+    frozenset("RD"): "┌",
+    frozenset("DL"): "┐",
+    frozenset("UL"): "┘",
+    frozenset("URD"): "├",
+    frozenset("UDL"): "┤",
+    frozenset("RDL"): "┬",
+    frozenset("URL"): "┴",
+    frozenset("URDL"): "┼",
+}
+GLYPH_MOVES: dict[str, frozenset[str]] = {g: m for m, g in GLYPHS.items()}
 
 
 def _words(actions: list[str]) -> str:
@@ -283,6 +307,13 @@ class Maze(Task):
             f"({r},{c}): {_words(self.open_moves(state, (r, c)))}" for r in range(n) for c in range(n)
         )
 
+    def open_grid(self, state: dict[str, Any]) -> str:
+        """The maze drawn row by row, one ``GLYPHS`` character per cell."""
+        n = state["size"]
+        return "\n".join(
+            "".join(GLYPHS[frozenset(self.open_moves(state, (r, c)))] for c in range(n)) for r in range(n)
+        )
+
     def symbolic_text(self, state: dict[str, Any]) -> str:
         n = state["size"]
         (sr, sc), (gr, gc) = state["start"], state["goal"]
@@ -291,8 +322,9 @@ class Maze(Task):
             f"Map size: {n}x{n} (cells are (row,col), 0-based, row 0 at the top)",
             f"Start (player): ({sr},{sc})",
             f"Goal (target): ({gr},{gc})",
-            "Open directions of each cell (any direction not listed is blocked by a wall):",
-            self.open_table(state),
+            "Maze, one character per cell, row by row; its strokes point to the cell's open sides "
+            "(╵ up, ╶ right, ╷ down, ╴ left, so ┌ = right and down, ┼ = all four); other sides are walls:",
+            self.open_grid(state),
         ]
         return "\n".join(lines)
 
@@ -303,7 +335,7 @@ class Maze(Task):
             "size": f"{n}x{n}",
             "player": f"({sr},{sc})",
             "goal": f"({gr},{gc})",
-            "open_dirs": self.open_table(state),
+            "open_dirs": self.open_grid(state),
             "legal_actions": _words(self.open_moves(state, (sr, sc))),
         }
         return [PerceptionItem(key, kind, question, answers[key]) for key, kind, question in QUESTIONS]
