@@ -39,6 +39,15 @@ def test_tokenizer_keeps_domain_tokens_whole() -> None:
     assert tok.eos_token == "<|im_end|>" and tok.padding_side == "left"
 
 
+def test_plan_letters_stay_single_tokens() -> None:
+    plans = [f"<answer>{p}</answer>" for p in ("UURD", "DDDR", "LLUU", "RRDD")] * 200
+    tok = build_tokenizer(corpus=[*plans, *["Route: 2 up. Reach the goal."] * 200])
+    ids = tok("<answer>UURDDL</answer>", add_special_tokens=False)["input_ids"]
+    assert tok.convert_ids_to_tokens(ids) == ["<answer>", "U", "U", "R", "D", "D", "L", "</answer>"]
+    for word in ("Route", " Reach", "DROP"):  # words that merely start with a plan letter are untouched
+        assert len(tok(word, add_special_tokens=False)["input_ids"]) == 1, word
+
+
 def test_tiny_preset_roundtrip_gives_identical_logits(tiny_dir: Path, tmp_path: Path) -> None:
     files = {p.name for p in tiny_dir.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", "processor_config.json"} <= files

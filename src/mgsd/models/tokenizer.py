@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Iterator
 
-from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from mgsd.models.chat import CHAT_TEMPLATE
@@ -36,6 +36,8 @@ DOMAIN_ADDED_TOKENS: tuple[str, ...] = (
     *_coordinates(),
     "<answer>",
     "</answer>",
+    "PICK",
+    "DROP",
     "<think>",
     "</think>",
     *(f"{n}x{n}" for n in range(1, 10)),
@@ -89,7 +91,15 @@ def build_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = 2048)
     template, so it drops into a Qwen-VL processor unchanged.
     """
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # Plan letters stay one token each: BPE would otherwise learn arbitrary chunks such as "DDR" + "UL",
+    # and the model would have to plan in those chunks. (Capitals followed by lower case, as in
+    # "Route", are words and are left alone.)
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex("[UDLR](?![a-z])"), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

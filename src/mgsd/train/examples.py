@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,7 @@ class Example:
     prompt: str  # the student's user text
     image: bytes | None  # PNG; None for a text-only student
     target: str | None  # supervised target (SFT objectives)
+    system: str | None = None  # a system turn before ``prompt`` (text-only examples)
     teacher_system: str | None = None  # privileged teacher turn (OPSD)
     teacher_prompt: str | None = None
     optimal_length: int = 0
@@ -39,11 +41,16 @@ class Example:
 
 
 def build_examples(
-    rows: Sequence[dict[str, Any]], objective: str, *, privileged: str = "state+plan"
+    rows: Sequence[dict[str, Any]],
+    objective: str,
+    *,
+    privileged: str = "state+plan",
+    teacher_prompts: bool = True,
 ) -> list[Example]:
     """Examples for ``objective``: ``perception`` (image -> numbered state), ``plan`` (image ->
     reasoned plan), ``symbolic`` (text state -> reasoned plan), ``opsd`` (image prompt + privileged
-    teacher text; the target is kept for logging only)."""
+    teacher text; the target is kept for logging only). ``teacher_prompts=False`` keeps every
+    ``symbolic`` example in the plain text-student form (for validation)."""
     out = []
     for r in rows:
         task = get_task(r["task"])
@@ -76,10 +83,20 @@ def build_examples(
                 )
             )
         elif objective == "symbolic":
+            # Half of the rows are posed as the stage-2 teacher will see them (system turn, symbolic
+            # state, with or without the plan hint): a pretrained instruction model handles that
+            # prompt out of the box, a base built from scratch has to have seen it.
+            style = zlib.crc32(r["id"].encode()) % 4 if teacher_prompts else 0
+            if style < 2:
+                prompt, system = text_student_prompt(task, state), None
+            else:
+                prompt = teacher_context(task, state, plan if style == 2 else None)
+                system = teacher_system(task)
             out.append(
                 Example(
                     **common,
-                    prompt=text_student_prompt(task, state),
+                    prompt=prompt,
+                    system=system,
                     image=None,
                     target=reference_response(task, state, actions),
                 )

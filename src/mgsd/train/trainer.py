@@ -32,7 +32,7 @@ from mgsd.data.io import read_rows
 from mgsd.eval.metrics import aggregate, score_response
 from mgsd.eval.perception import score_perception
 from mgsd.models.backbone import Backbone
-from mgsd.models.chat import student_messages
+from mgsd.models.chat import student_messages, teacher_messages
 from mgsd.models.context import Context
 from mgsd.tasks import get_task
 from mgsd.train import objectives as obj
@@ -96,7 +96,7 @@ class Trainer:
             raise ValueError("the training data is empty")
         val_rows = read_rows(cfg.val_data, columns=_TRAIN_COLUMNS) if cfg.val_data else []
         val_objective = "plan" if cfg.objective == "opsd" else cfg.objective
-        self.val = build_examples(val_rows[: cfg.val_samples], val_objective)
+        self.val = build_examples(val_rows[: cfg.val_samples], val_objective, teacher_prompts=False)
 
         steps_per_epoch = max(1, len(self.train) // cfg.batch_size)
         self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
@@ -199,7 +199,13 @@ class Trainer:
             return self.bb.encode_student([e.prompt for e in exs], [e.pil_image() for e in exs])
         if any(e.image is not None for e in exs):
             raise ValueError("a batch mixes image and text-only examples")
-        return self.bb.encode([student_messages(e.prompt, "end", 0) for e in exs], [[] for _ in exs])
+        return self.bb.encode(
+            [
+                teacher_messages(e.system, e.prompt) if e.system else student_messages(e.prompt, "end", 0)
+                for e in exs
+            ],
+            [[] for _ in exs],
+        )
 
     def _chunks(self, n: int) -> list[list[int]]:
         m = self.cfg.micro_batch_size
