@@ -152,3 +152,17 @@ def test_cli_preset_names_match_the_presets():
     from mgsd.models.tiny import PRESETS
 
     assert sorted(PRESET_NAMES) == sorted(PRESETS)
+
+
+def test_coordinate_embeddings_start_as_row_plus_column(tiny_dir: Path) -> None:
+    bb = Backbone.load(tiny_dir, device="cpu")
+    emb = bb.model.get_input_embeddings().weight
+    vocab = bb.tokenizer.get_vocab()
+
+    def e(text: str) -> torch.Tensor:
+        return emb[vocab[text]]
+
+    torch.testing.assert_close(e("(1,2)") - e("(1,3)"), e("(4,2)") - e("(4,3)"))
+    torch.testing.assert_close(e(" (5,0)"), e("(5,0)"))
+    assert not torch.allclose(e("(1,2)"), e("(2,1)"))
+    assert 0.5 < float(e("(3,3)").std()) / float(emb.std()) < 2.0

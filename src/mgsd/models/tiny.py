@@ -165,6 +165,27 @@ _MODEL_CLASSES = {
 }
 
 
+@torch.no_grad()
+def _structure_coordinate_embeddings(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Start each ``(r,c)`` token (and its leading-space twin) as row vector + column vector.
+
+    A model trained from scratch otherwise meets 100 unrelated coordinate tokens and must discover
+    the grid geometry token by token; sharing a row or a column component from the start is the
+    kind of prior a pretrained model's digit embeddings carry. The scale matches the random init.
+    """
+    emb = model.get_input_embeddings().weight
+    vocab = tokenizer.get_vocab()
+    std = float(emb.std())
+    gen = torch.Generator().manual_seed(1234)
+    rows = torch.randn(10, emb.shape[1], generator=gen) * std / 2**0.5
+    cols = torch.randn(10, emb.shape[1], generator=gen) * std / 2**0.5
+    for r in range(10):
+        for c in range(10):
+            for text in (f"({r},{c})", f" ({r},{c})"):
+                if text in vocab:
+                    emb[vocab[text]] = rows[r] + cols[c]
+
+
 def build_qwen_vl(
     family: str,
     dims: Dims,
@@ -181,6 +202,7 @@ def build_qwen_vl(
     config = qwen_vl_config(family, dims, tokenizer)
     torch.manual_seed(seed)
     model = model_cls(config).float().eval()
+    _structure_coordinate_embeddings(model, tokenizer)
     ids = _token_ids(tokenizer)
     model.generation_config = GenerationConfig(
         eos_token_id=ids[EOS_TOKEN], pad_token_id=ids[PAD_TOKEN], do_sample=False
