@@ -36,7 +36,7 @@ def test_symbolic_base_also_sees_the_teacher_prompt_with_and_without_the_plan() 
     plain = [e for e in exs if e.system is None]
     teacher = [e for e in exs if e.system is not None]
     assert plain and teacher and all(e.system == teacher_system(task) for e in teacher)
-    hinted = [e for e in teacher if "shortest correct plan" in e.prompt]
+    hinted = [e for e in teacher if "shortest correct solution" in e.prompt]
     assert hinted and len(hinted) < len(teacher)
     for e, r in zip(exs, rows, strict=True):
         assert e.image is None and e.target.endswith(f"<answer>{r['optimal_plan']}</answer>")

@@ -318,9 +318,10 @@ def test_state_at_draws_the_agent_where_it_is_and_hides_a_picked_printer() -> No
 def test_symbolic_text_and_perception() -> None:
     state = TASK.validate(make((2, 1), (1, 2)))
     text = TASK.symbolic_text(state)
-    assert "5x5" in text and "Agent: (2,1)" in text and "Printer: (1,2)" in text
+    assert "5x5" in text and "agent: (2,1)" in text and "printer: (1,2)" in text
     assert "(2,2), (2,3), (2,4), (3,2), (3,3), (3,4)" in text
-    assert "\n.....\n..P..\n.ATTT\n..TTT\n.....\n" in text
+    assert "\n.....\n..P..\n.ATTT\n..TTT\n....." in text
+    assert TASK.facts(state) in text  # restating the state is a copy for a text reader
     items = TASK.perception(state)
     assert [p.kind for p in items] == ["size", "position", "position", "cells", "cells", "cells", "actions"]
     answers = [p.answer for p in items]

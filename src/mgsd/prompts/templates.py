@@ -92,7 +92,12 @@ def teacher_context(task: Task, state: dict[str, Any], plan: str | None = None) 
     """The teacher's user turn: the symbolic state, optionally with the reference plan."""
     lines = [task.symbolic_text(state)]
     if plan is not None:
-        lines += ["", f"A shortest correct plan is {plan}. Do not mention this hint."]
+        actions = plan.split(",") if task.plan_separator == "," else list(plan)
+        lines += [
+            "",
+            "A shortest correct solution (do not mention this hint):",
+            solution_lines(task, actions),
+        ]
     return "\n".join(lines)
 
 
@@ -128,9 +133,9 @@ def _route_line(plan: list[str]) -> str:
 
 def reference_response(task: Task, state: dict[str, Any], plan: list[str]) -> str:
     """A model-style answer: the perceived state, one route line, the answer block."""
-    facts = [
-        f"{item.key}:{chr(10) if chr(10) in item.answer else ' '}{item.answer}"
-        for item in task.perception(state)
-        if item.kind != "actions"
-    ]
-    return "\n".join([*facts, _route_line(plan), f"<answer>{task.format_plan(plan)}</answer>"])
+    return "\n".join([task.facts(state), solution_lines(task, plan)])
+
+
+def solution_lines(task: Task, plan: list[str]) -> str:
+    """The route line and the answer block that end a reasoned answer."""
+    return f"{_route_line(plan)}\n<answer>{task.format_plan(plan)}</answer>"

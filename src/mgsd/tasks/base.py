@@ -118,6 +118,19 @@ class Task(ABC):
     def perception(self, state: dict[str, Any]) -> list[PerceptionItem]:
         """The perception questions of this state with their target answers, in order."""
 
+    def facts(self, state: dict[str, Any]) -> str:
+        """The state as ``key: answer`` lines (the perception answers without the legal moves).
+
+        The symbolic text contains this block verbatim and a reasoned answer restates it, so
+        restating the state is a copy for a reader of the text and a perception for a reader of
+        the image.
+        """
+        return "\n".join(
+            f"{item.key}:{chr(10) if chr(10) in item.answer else ' '}{item.answer}"
+            for item in self.perception(state)
+            if item.kind != "actions"
+        )
+
     # -- generic machinery built on ``step`` ------------------------------------------------
     def dump_state(self, state: dict[str, Any]) -> str:
         """Canonical JSON of a state: the storage format and the deduplication key."""

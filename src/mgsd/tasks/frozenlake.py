@@ -296,15 +296,10 @@ class FrozenLake(Task):
     def symbolic_text(self, state: dict[str, Any]) -> str:
         grid = state["grid"]
         n = len(grid)
-        (sr, sc), (gr, gc) = _find(grid, "S"), _find(grid, "G")
         lines = [
-            f"Task: {self.title}",
-            f"Map size: {n}x{n} (cells are (row,col), 0-based, row 0 at the top)",
-            f"Start (player): ({sr},{sc})",
-            f"Goal: ({gr},{gc})",
-            f"Holes: {_cells(self.holes(state))}",
-            "Legend: S = start, F = frozen and safe, H = hole, G = goal",
-            "Map rows, top to bottom:",
+            f"Task: {self.title} ({n}x{n}; cells are (row,col), 0-based, row 0 at the top)",
+            self.facts(state),
+            "Map rows, top to bottom (S = start, F = frozen and safe, H = hole, G = goal):",
             *grid,
         ]
         return "\n".join(lines)

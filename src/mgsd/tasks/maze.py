@@ -316,15 +316,12 @@ class Maze(Task):
 
     def symbolic_text(self, state: dict[str, Any]) -> str:
         n = state["size"]
-        (sr, sc), (gr, gc) = state["start"], state["goal"]
         lines = [
-            f"Task: {self.title}",
-            f"Map size: {n}x{n} (cells are (row,col), 0-based, row 0 at the top)",
-            f"Start (player): ({sr},{sc})",
-            f"Goal (target): ({gr},{gc})",
-            "Maze, one character per cell, row by row; its strokes point to the cell's open sides "
-            "(╵ up, ╶ right, ╷ down, ╴ left, so ┌ = right and down, ┼ = all four); other sides are walls:",
-            self.open_grid(state),
+            f"Task: {self.title} ({n}x{n}; cells are (row,col), 0-based, row 0 at the top)",
+            "open_dirs below draws the maze with one character per cell, row by row; its strokes point to "
+            "the cell's open sides (╵ up, ╶ right, ╷ down, ╴ left, so ┌ = right and down, ┼ = all four); "
+            "other sides are walls.",
+            self.facts(state),
         ]
         return "\n".join(lines)
 

@@ -261,19 +261,14 @@ class MiniBehaviour(Task):
         state = self.validate(state)
         size, agent, printer, table = _parts(state)
         lines = [
-            "Task: MiniBehaviour - pick up the printer and put it down next to the table",
-            f"Grid size: {size}x{size}",
-            f"Agent: {_fmt(agent)}",
-            f"Printer: {_fmt(printer)}",
-            f"Table cells: {_fmt_cells(table)}",
-            "Legend: A = agent, P = printer, T = table, . = free floor",
-            "Grid:",
+            "Task: MiniBehaviour - pick up the printer and put it down next to the table "
+            "(cells are (row,col), 0-based, row 0 at the top)",
+            self.facts(state),
+            "PICK is legal from a printer_adjacent cell; DROP, while carrying the printer, from a "
+            "table_adjacent cell. Table cells can never be entered. Before PICK the printer cell is "
+            "blocked as well; after PICK its old cell is free floor.",
+            "Grid (A = agent, P = printer, T = table, . = free floor):",
             *_grid_rows(size, agent, printer, table),
-            f"PICK is legal from these cells next to the printer: {_fmt_cells(_printer_adjacent(state))}",
-            "DROP is legal, while carrying the printer, from these cells next to the table: "
-            + _fmt_cells(_table_adjacent(state)),
-            "Table cells can never be entered. Before PICK the printer cell is blocked as well;"
-            " after PICK the agent carries the printer and its old cell is free floor.",
         ]
         return "\n".join(lines)
 
