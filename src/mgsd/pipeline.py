@@ -10,7 +10,8 @@ Steps (each skipped when its output is complete, so a rerun after a crash resume
    under the adapter;
 5. stage 2 (MGSD): on-policy self-distillation from the cold-start model; the teacher is the frozen
    base (adapter disabled) reading the symbolic state (and the plan, as configured);
-6. baselines with the same budget: plan SFT, OPSD without cold start, MGSD whose teacher lacks the plan;
+6. baselines: plan SFT with the budget of stages 1 + 2, stage 2 without cold start, MGSD whose
+   teacher lacks the plan;
 7. evaluation on the held-out test split (image modality; the base also from text: the symbolic upper
    bound), perception and modality-gap attribution; ``summary.json`` and ``report.html``.
 """
@@ -277,7 +278,9 @@ def run_pipeline(
             ("baseline: plan SFT (same budget)", "plan", st, m / "base" / "model", m / "plan_sft", [])
         )
     if "opsd_no_coldstart" in cfg.baselines:
-        st = StageSettings(**{**to_dict(cfg.stage2), "steps": budget, "lora_r": lora})
+        # The paper's "without cold start" ablation: stage 2 as configured, started from the base
+        # (a LoRA of stage 1's rank, so that the adapter-off teacher is the base itself).
+        st = StageSettings(**{**to_dict(cfg.stage2), "lora_r": lora})
         stages.append(
             (
                 "baseline: OPSD without cold start",

@@ -1,8 +1,8 @@
 """Prompt wording for every role: visual student, text-only student, privileged teacher, perception.
 
-All wording is ours. The formats follow the reference (0-based (row,col) coordinates, a short
-restatement of the perceived state, one route line, and exactly one ``<answer>`` block; compact
-letters for FrozenLake/Maze, comma-separated actions with PICK/DROP for MiniBehaviour).
+All wording is ours. As in the reference, coordinates are 0-based (row,col), a reasoned answer restates
+the perceived state and ends in exactly one ``<answer>`` block (letters for FrozenLake/Maze,
+comma-separated actions with PICK/DROP for MiniBehaviour); in between we put one path line.
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ ANSWER_FORMAT: dict[str, str] = {
 }
 
 _OUTPUT = (
-    "First restate the size, positions and {things} with 0-based (row,col), then the route, then one "
-    "answer block with the whole plan, {fmt}."
+    "First restate the size, positions and {things} with 0-based (row,col), then the path (the cells "
+    "you walk through), then one answer block with the whole plan, {fmt}."
 )
 _THINGS = {
     "frozenlake": "holes",
@@ -96,7 +96,7 @@ def teacher_context(task: Task, state: dict[str, Any], plan: str | None = None) 
         lines += [
             "",
             "A shortest correct solution (do not mention this hint):",
-            solution_lines(task, actions),
+            solution_lines(task, state, actions),
         ]
     return "\n".join(lines)
 
@@ -117,25 +117,32 @@ def perception_target(task: Task, state: dict[str, Any]) -> str:
     return "\n".join(f"{i}. {item.answer}" for i, item in enumerate(task.perception(state), start=1))
 
 
-def _route_line(plan: list[str]) -> str:
-    """'Route: 2 up, 1 right, PICK, ...' from a plan (runs of moves compressed)."""
-    parts: list[str] = []
-    i = 0
-    while i < len(plan):
-        j = i
-        while j < len(plan) and plan[j] == plan[i]:
-            j += 1
-        a = plan[i]
-        parts.append(f"{j - i} {MOVE_WORDS[a]}" if a in MOVE_WORDS else a if j - i == 1 else f"{j - i} {a}")
-        i = j
-    return "Route: " + ", ".join(parts) + "."
+def _path_line(task: Task, state: dict[str, Any], plan: list[str]) -> str:
+    """'Path: (1,0) (2,0) (2,1) PICK (1,1) DROP.': the cells the plan walks through, in order.
+
+    Every step is a move to a neighbouring cell, so a reader checks (and a small model learns) the
+    plan one local step at a time; the answer letters then follow from consecutive cells.
+    """
+    sim = task.initial(state)
+    parts = [_cell(task.position(sim))]
+    for action in plan:
+        step = task.step(state, sim, action)
+        if step.invalid:
+            raise ValueError(f"the plan is not executable: {step.invalid}")
+        sim = step.sim
+        parts.append(action if action not in MOVE_WORDS else _cell(task.position(sim)))
+    return "Path: " + " ".join(parts) + "."
+
+
+def _cell(cell: tuple[int, int]) -> str:
+    return f"({cell[0]},{cell[1]})"
 
 
 def reference_response(task: Task, state: dict[str, Any], plan: list[str]) -> str:
-    """A model-style answer: the perceived state, one route line, the answer block."""
-    return "\n".join([task.facts(state), solution_lines(task, plan)])
+    """A model-style answer: the perceived state, the path, the answer block."""
+    return "\n".join([task.facts(state), solution_lines(task, state, plan)])
 
 
-def solution_lines(task: Task, plan: list[str]) -> str:
-    """The route line and the answer block that end a reasoned answer."""
-    return f"{_route_line(plan)}\n<answer>{task.format_plan(plan)}</answer>"
+def solution_lines(task: Task, state: dict[str, Any], plan: list[str]) -> str:
+    """The path line and the answer block that end a reasoned answer."""
+    return f"{_path_line(task, state, plan)}\n<answer>{task.format_plan(plan)}</answer>"
