@@ -161,3 +161,39 @@ def test_report_renders_in_headless_chromium(run_dir: Path, tmp_path: Path) -> N
     assert img.size == (1280, 2000)
     colours = img.resize((128, 200)).getcolors(maxcolors=1 << 16)
     assert colours is not None and len(colours) > 50  # text, tables and charts, not a blank page
+
+
+def test_experiment_summary_states_the_headline_rows_and_budget() -> None:
+    from mgsd.report.build import _summary
+
+    ci_ = {"success": [0.1, 0.3]}
+    row = {
+        "model": "mgsd",
+        "modality": "image",
+        "dataset": "test",
+        "n": 900,
+        "macro": {"success": 0.2, "optimal": 0.1, "progress": 0.4, "ci": ci_},
+        "by_task": {"maze": {"n": 300, "success": 0.25}},
+        "perception": {"all_correct": 0.5},
+    }
+    summary = {
+        "rows": [row],
+        "headline": {
+            "mgsd_minus_coldstart_success": {"diff": 0.05, "ci": [0.01, 0.09], "n": 900},
+            "base_visual_success": 0.1,
+            "base_symbolic_success": 0.5,
+            "mgsd_visual_success": 0.2,
+            "gap_closed_fraction": 0.25,
+        },
+        "timings": {
+            "data": {"seconds": 12.3, "peak_rss_mb_so_far": 800},
+            "base": {"seconds": 100.0, "peak_rss_mb_so_far": 1900},
+        },
+    }
+    html = _summary(summary)
+    assert "+5.0 points" in html and "[+1.0, +9.0]" in html and "interval excludes zero" in html
+    assert "closes 25% of the base" in html
+    assert "maze success" in html and "[10.0, 30.0]" in html and "50.0" in html
+    assert "Wall time and memory" in html and "112" in html and "1900" in html  # total seconds, peak
+    summary["headline"]["mgsd_minus_coldstart_success"]["ci"] = [-0.02, 0.09]
+    assert "does not exclude zero" in _summary(summary)

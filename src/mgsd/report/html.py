@@ -24,6 +24,7 @@ th { background: #eef0f4; font-weight: 600; }
 td.l, th.l { text-align: left; }
 td.ci { color: #6b7280; font-size: 12px; }
 .note { color: #6b7280; font-size: 13px; }
+.headline { font-size: 16px; font-weight: 600; border-left: 4px solid #2563eb; padding: 6px 12px; }
 .warn { color: #a15c00; }
 .charts img { max-width: 100%; margin: 6px 12px 6px 0; vertical-align: top; }
 .gallery { display: grid; grid-template-columns: repeat(auto-fill, minmax(290px, 1fr)); gap: 14px; }
