@@ -115,3 +115,13 @@ def test_accelerate_ddp_config_is_valid_and_no_fsdp_is_shipped() -> None:
     assert cfg.distributed_type == "MULTI_GPU" and cfg.mixed_precision == "no" and not cfg.use_cpu
     # Our loop does not shard the model: an FSDP config would be silently ignored, so none is shipped.
     assert not [p for p in (CONFIGS / "accelerate").iterdir() if "fsdp" in p.name.lower()]
+
+
+@pytest.mark.parametrize("name", ["default.yaml", "smoke.yaml", "extended.yaml"])
+def test_pipeline_configs_load_with_valid_stage_overrides(name: str) -> None:
+    from mgsd.pipeline import PipelineConfig
+
+    cfg = load_config(PipelineConfig, CONFIGS / name)  # unknown keys raise
+    assert cfg.data.test_per_task >= (300 if name != "smoke.yaml" else 1)
+    for stage in (cfg.base, cfg.stage1, cfg.stage2):
+        load_config(TrainConfig, None, ["objective=perception", *stage.overrides])  # bad keys raise
