@@ -444,6 +444,9 @@ def summarize(cfg: PipelineConfig, run: Run, models: dict[str, Path], ext: dict[
             "weights can be downloaded here); it mimics a pretrained VLM's modality gap.",
             "Macro = mean over tasks of level-balanced task scores; CIs are 95% bootstrap; the MGSD vs "
             "cold-start difference is a paired bootstrap over the same test samples.",
+            "The gap closed is (MGSD image - base image) / (base text - base image), null when the base "
+            "plans no better from text than from the image. On the tiny preset at the CPU budget the "
+            "base plans poorly even from text, so these numbers test the pipeline more than the method.",
         ],
     }
     tmp = run.out / ".summary.json.tmp"
