@@ -23,6 +23,13 @@ _RETRYABLE = (408, 409, 429)  # timeout, conflict, rate limit: worth another att
 _KEY_ECHO = re.compile(r"(api[ _-]?key(?: provided)?\s*:\s*)\S+", re.IGNORECASE)
 
 
+def one_line(exc: BaseException, limit: int | None = 300) -> str:
+    """``"Type: first line of the message"``, cut to ``limit`` characters: an exception as a failure
+    reason."""
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}"[:limit]
+
+
 @dataclass
 class Query:
     """One chat request: optional system text, then a user turn of text and images in order."""
@@ -143,9 +150,8 @@ class OpenAIBackend:
                 tokens = r.usage.completion_tokens if r.usage else 0
                 return Reply(text, None, tokens, truncated=r.choices[0].finish_reason == "length")
             except Exception as exc:  # the client raises many types; all are request failures
-                last = self._redact(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")[
-                    :300
-                ]
+                # Cut after redacting: a key straddling the cut must not leave a fragment behind.
+                last = self._redact(one_line(exc, limit=None))[:300]
                 status = getattr(exc, "status_code", None)
                 if isinstance(status, int) and 400 <= status < 500 and status not in _RETRYABLE:
                     # The request itself is wrong (bad input, unknown model, bad key): retrying cannot help.

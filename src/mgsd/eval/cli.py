@@ -114,9 +114,11 @@ def _common(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _report_failures(metrics: dict[str, Any], what: str = "") -> None:
+    """Warn about failed requests (``what``: which run's, e.g. "image") and truncated responses."""
     n = metrics.get("request_failures", 0)
     if n:
-        print(f"warning: {n} {what}request(s) failed; they are scored as failures (rerun to retry them)")
+        kind = f"{what} " if what else ""
+        print(f"warning: {n} {kind}request(s) failed; they are scored as failures (rerun to retry them)")
     if metrics.get("truncated"):
         print(f"note: {metrics['truncated']} response(s) hit --max-new-tokens")
 
@@ -167,8 +169,7 @@ def _cmd_gap(args: argparse.Namespace) -> int:
     gap = evaluate_gap(_backend(args), args.data, args.out, **_common(args))
     print(format_gap(gap))
     for run, n in gap["request_failures"].items():
-        if n:
-            print(f"warning: {n} {run} request(s) failed; they are scored as failures (rerun to retry them)")
+        _report_failures({"request_failures": n}, run)
     print(f"wrote {Path(args.out) / 'gap.json'}")
     return 0
 

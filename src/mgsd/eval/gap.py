@@ -22,8 +22,6 @@ Each sample gets exactly one category:
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,8 +29,14 @@ from typing import Any
 import numpy as np
 
 from mgsd.eval.backends import Backend, GenerationConfig
-from mgsd.eval.model import evaluate_model, evaluate_perception, stratified_ci
-from mgsd.eval.plans import write_jsonl
+from mgsd.eval.model import (
+    check_generation,
+    evaluate_model,
+    evaluate_perception,
+    load_samples,
+    stratified_rate,
+)
+from mgsd.eval.plans import read_jsonl, write_json, write_jsonl
 
 CATEGORIES: tuple[str, ...] = (
     "solved",
@@ -86,14 +90,7 @@ def attribute_rows(
 
 
 def _scope(rows: Sequence[Mapping[str, Any]], n_boot: int, rng: np.random.Generator) -> dict[str, Any]:
-    cells: dict[tuple[str, int], list[Mapping[str, Any]]] = {}
-    for r in rows:
-        cells.setdefault((r["task"], r["level"]), []).append(r)
-
-    def rate(pred: Any) -> tuple[float, list[float]]:
-        groups = [np.array([float(pred(r)) for r in c]) for c in cells.values()]
-        return float(np.concatenate(groups).mean()), stratified_ci(groups, n_boot, rng)
-
+    rate = stratified_rate(rows, n_boot, rng)
     block: dict[str, Any] = {"n": len(rows), "counts": {}, "fractions": {}, "ci": {}}
     for cat in CATEGORIES:
         block["counts"][cat] = sum(r["category"] == cat for r in rows)
@@ -120,10 +117,6 @@ def gap_table(rows: Sequence[Mapping[str, Any]], *, n_boot: int = 1000, seed: in
     return table
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def evaluate_gap(
     backend: Backend,
     data: Sequence[str | Path],
@@ -137,11 +130,20 @@ def evaluate_gap(
 ) -> dict[str, Any]:
     """Run (or resume) the image, text and perception evaluations under OUT and write OUT/gap.json."""
     out = Path(out)
-    common = {"model": model, "gen": gen, "batch_size": batch_size, "limit": limit, "progress": progress}
+    check_generation(gen)  # a bad setting is reported before the dataset is read, as by evaluate_model
+    samples = load_samples(data, limit=limit)  # once, images included, for all three runs
+    common = {
+        "model": model,
+        "gen": gen,
+        "batch_size": batch_size,
+        "limit": limit,
+        "progress": progress,
+        "samples": samples,
+    }
     image = evaluate_model(backend, data, out / "image", modality="image", **common)
     text = evaluate_model(backend, data, out / "text", modality="text", **common)
     perception = evaluate_perception(backend, data, out / "perception", **common)
-    rows = attribute_rows(*(_read_jsonl(out / run / "samples.jsonl") for run in RUNS))
+    rows = attribute_rows(*(read_jsonl(out / run / "samples.jsonl") for run in RUNS))
     gap = gap_table(rows)
     gap.update(
         {
@@ -170,9 +172,7 @@ def evaluate_gap(
         }
     )
     write_jsonl(rows, out / "gap_samples.jsonl")
-    tmp = out / ".gap.json.tmp"
-    tmp.write_text(json.dumps(gap, indent=2) + "\n")
-    os.replace(tmp, out / "gap.json")
+    write_json(gap, out / "gap.json")
     return gap
 
 

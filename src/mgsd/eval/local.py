@@ -14,7 +14,7 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
-from mgsd.eval.backends import GenerationConfig, Query, Reply
+from mgsd.eval.backends import GenerationConfig, Query, Reply, one_line
 
 
 def query_messages(q: Query) -> list[dict[str, Any]]:
@@ -35,11 +35,6 @@ def batch_seed(seed: int, ids: Sequence[str]) -> int:
     key = "\x00".join([str(seed), *ids])
     digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return f"{type(exc).__name__}: {text}"[:300]
 
 
 class LocalBackend:
@@ -70,7 +65,7 @@ class LocalBackend:
         try:
             bb = Backbone.load(model, dtype=dtype, trust_remote_code=trust_remote_code, device=device)
         except Exception as exc:  # transformers raises many types for a broken model directory
-            raise ValueError(f"cannot load model {model}: {_one_line(exc)}") from None
+            raise ValueError(f"cannot load model {model}: {one_line(exc)}") from None
         return cls(bb, batch_size=batch_size, name=str(model))
 
     def describe(self) -> dict[str, Any]:
@@ -104,7 +99,7 @@ class LocalBackend:
             return self._run(queries, cfg)
         except Exception as exc:
             if len(queries) == 1:
-                return [Reply(None, _one_line(exc))]
+                return [Reply(None, one_line(exc))]
         # Isolate the query that broke the batch; the others still get answers.
         return [r for q in queries for r in self._batch([q], cfg)]
 

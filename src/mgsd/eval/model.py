@@ -37,9 +37,9 @@ from tqdm import tqdm
 from mgsd import __version__
 from mgsd.data.io import DataError, decode_image, read_rows
 from mgsd.eval.backends import Backend, GenerationConfig, Query, Reply
-from mgsd.eval.metrics import METRICS, aggregate, score_plan, score_response
+from mgsd.eval.metrics import METRICS, score_plan, score_response
 from mgsd.eval.perception import score_perception
-from mgsd.eval.plans import write_jsonl, write_results
+from mgsd.eval.plans import data_paths, write_json, write_jsonl, write_results
 from mgsd.prompts import perception_prompt, student_prompt, text_student_prompt
 from mgsd.tasks import get_task
 
@@ -71,11 +71,6 @@ def load_samples(data: Sequence[str | Path], *, limit: int | None = None) -> lis
             counts[key] = counts.get(key, 0) + 1
             kept.append(r)
     return kept
-
-
-def data_paths(data: Sequence[str | Path]) -> list[str]:
-    """Absolute dataset paths for metrics.json (the report reloads states and images from them)."""
-    return [str(Path(d).resolve()) for d in data]
 
 
 def model_label(model: str | None) -> str | None:
@@ -311,7 +306,10 @@ def _seed_summary(m: Mapping[str, Any]) -> dict[str, float]:
 def _combine_seeds(
     out: Path, per_seed: Mapping[int, Mapping[str, Any]], info: Mapping[str, Any]
 ) -> dict[str, Any]:
-    """OUT/samples.jsonl and metrics.json from the seed runs: per-sample means over seeds."""
+    """OUT/samples.jsonl and metrics.json from the seed runs: per-sample means over seeds.
+
+    Written with ``write_results``; its ``missing_predictions`` is 0 here (mean rows never lack a response).
+    """
     runs = {
         s: [json.loads(x) for x in (out / f"seed{s}" / "samples.jsonl").read_text().splitlines()]
         for s in per_seed
@@ -330,32 +328,31 @@ def _combine_seeds(
                 "reason": None,
             }
         )
-    metrics = aggregate(rows)
     outcomes: dict[str, int] = {}
     for m in per_seed.values():
         for k, v in m["outcomes"].items():
             outcomes[k] = outcomes.get(k, 0) + v
     summaries = {str(s): _seed_summary(m) for s, m in sorted(per_seed.items())}
-    metrics.update(info)
-    metrics.update(
-        {
-            "outcomes": dict(sorted(outcomes.items())),  # summed over seeds
-            "seeds": sorted(per_seed),
-            "per_seed": summaries,
-            "seed_std": {
-                k: float(np.std([v[k] for v in summaries.values()], ddof=1))
-                for k in (*METRICS, "macro_success")
-            },
-            "request_failures": sum(m["request_failures"] for m in per_seed.values()),
-            "truncated": sum(m["truncated"] for m in per_seed.values()),
-            "missing_predictions": 0,
-        }
-    )
-    write_jsonl(rows, out / "samples.jsonl")
-    tmp = out / ".metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-    os.replace(tmp, out / "metrics.json")
-    return metrics
+    extra = {
+        **info,
+        "outcomes": dict(sorted(outcomes.items())),  # summed over seeds
+        "seeds": sorted(per_seed),
+        "per_seed": summaries,
+        "seed_std": {
+            k: float(np.std([v[k] for v in summaries.values()], ddof=1)) for k in (*METRICS, "macro_success")
+        },
+        "request_failures": sum(m["request_failures"] for m in per_seed.values()),
+        "truncated": sum(m["truncated"] for m in per_seed.values()),
+    }
+    return write_results(out, rows, extra)
+
+
+def check_generation(gen: GenerationConfig | None) -> GenerationConfig:
+    """``gen`` (default: greedy ``GenerationConfig()``), or ValueError if it cannot generate anything."""
+    gen = gen or GenerationConfig()
+    if gen.max_new_tokens < 1:
+        raise ValueError("--max-new-tokens must be at least 1")
+    return gen
 
 
 def evaluate_model(
@@ -370,22 +367,24 @@ def evaluate_model(
     batch_size: int = 8,
     limit: int | None = None,
     progress: bool = True,
+    samples: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Plan every sample with ``backend`` and score it; writes OUT/samples.jsonl and metrics.json.
 
     ``seeds > 1`` (sampling only) runs seeds ``gen.seed .. gen.seed + seeds - 1`` (see module doc).
+    ``samples``: the rows ``load_samples(data, limit=limit)`` returns, when the caller has them already
+    (``data`` and ``limit`` are then only recorded in metrics.json).
     """
     if modality not in MODALITIES:
         raise ValueError(f"unknown modality {modality!r} (choose from {', '.join(MODALITIES)})")
-    gen = gen or GenerationConfig()
-    if gen.max_new_tokens < 1:
-        raise ValueError("--max-new-tokens must be at least 1")
+    gen = check_generation(gen)
     if seeds < 1:
         raise ValueError("--seeds must be at least 1")
     if seeds > 1 and gen.greedy:
         raise ValueError("--seeds > 1 needs sampling (--temperature > 0): greedy runs are identical")
     out = Path(out)
-    samples = load_samples(data, limit=limit)
+    if samples is None:
+        samples = load_samples(data, limit=limit)
     info = {**_run_info(model, backend, data, gen, limit), "modality": modality}
     if seeds == 1:
         return _evaluate_plans_once(
@@ -429,18 +428,27 @@ def stratified_ci(groups: Sequence[np.ndarray], n_boot: int, rng: np.random.Gene
     return [float(lo), float(hi)]
 
 
-def _perception_block(
-    rows: Sequence[Mapping[str, Any]], keys: Sequence[str], n_boot: int, rng: np.random.Generator
-) -> dict[str, Any]:
-    """Rates over ``rows`` with CIs resampled within (task, level) cells; ``keys``: per-question rates."""
+def stratified_rate(
+    rows: Sequence[Mapping[str, Any]], n_boot: int, rng: np.random.Generator
+) -> Callable[[Callable[[Mapping[str, Any]], Any]], tuple[float, list[float]]]:
+    """``rate(value)``: the mean of ``float(value(row))`` over ``rows`` and its 95% CI resampled within
+    (task, level) cells (in order of first appearance); each call draws from ``rng``."""
     cells: dict[tuple[str, int], list[Mapping[str, Any]]] = {}
     for r in rows:
         cells.setdefault((r["task"], int(r["level"])), []).append(r)
 
-    def rate(value: Callable[[Mapping[str, Any]], float]) -> tuple[float, list[float]]:
-        groups = [np.array([value(r) for r in c], dtype=np.float64) for c in cells.values()]
+    def rate(value: Callable[[Mapping[str, Any]], Any]) -> tuple[float, list[float]]:
+        groups = [np.array([float(value(r)) for r in c], dtype=np.float64) for c in cells.values()]
         return float(np.concatenate(groups).mean()), stratified_ci(groups, n_boot, rng)
 
+    return rate
+
+
+def _perception_block(
+    rows: Sequence[Mapping[str, Any]], keys: Sequence[str], n_boot: int, rng: np.random.Generator
+) -> dict[str, Any]:
+    """Rates over ``rows`` with CIs resampled within (task, level) cells; ``keys``: per-question rates."""
+    rate = stratified_rate(rows, n_boot, rng)
     all_correct, all_ci = rate(lambda r: float(r["all_correct"]))
     accuracy, acc_ci = rate(lambda r: float(r["accuracy"]))
     block: dict[str, Any] = {
@@ -508,11 +516,16 @@ def evaluate_perception(
     batch_size: int = 8,
     limit: int | None = None,
     progress: bool = True,
+    samples: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Ask every sample's perception questions; writes OUT/samples.jsonl and perception_metrics.json."""
+    """Ask every sample's perception questions; writes OUT/samples.jsonl and perception_metrics.json.
+
+    ``samples``: as for ``evaluate_model``, rows already loaded by ``load_samples(data, limit=limit)``.
+    """
     gen = gen or GenerationConfig()
     out = Path(out)
-    samples = load_samples(data, limit=limit)
+    if samples is None:
+        samples = load_samples(data, limit=limit)
     cache = ResponseCache(out / CACHE_NAME, _settings("perception", model, backend, gen))
     records = run_queries(
         backend,
@@ -530,7 +543,5 @@ def evaluate_perception(
     metrics["modality"] = "image"
     metrics["truncated"] = sum(r["truncated"] for r in rows)
     write_jsonl(rows, out / "samples.jsonl")
-    tmp = out / ".perception_metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-    os.replace(tmp, out / "perception_metrics.json")
+    write_json(metrics, out / "perception_metrics.json")
     return metrics

@@ -72,6 +72,18 @@ def write_jsonl(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
     os.replace(tmp, path)
 
 
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The records of a JSONL file written by ``write_jsonl``; blank lines are skipped."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_json(obj: Any, path: Path) -> None:
+    """``obj`` as indented JSON, written to a temporary file beside ``path`` and then renamed over it."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
 def write_results(
     out: str | Path, scored: Sequence[Mapping[str, Any]], extra: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -83,10 +95,13 @@ def write_results(
     if extra:
         metrics.update(extra)
     write_jsonl(scored, out / "samples.jsonl")
-    tmp = out / ".metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-    os.replace(tmp, out / "metrics.json")
+    write_json(metrics, out / "metrics.json")
     return metrics
+
+
+def data_paths(data: Sequence[str | Path]) -> list[str]:
+    """Absolute dataset paths for metrics.json (the report reloads states and images from them)."""
+    return [str(Path(d).resolve()) for d in data]
 
 
 def eval_plans(data: Sequence[str | Path], out: str | Path, predictions: str | Path | None) -> dict[str, Any]:
@@ -96,6 +111,6 @@ def eval_plans(data: Sequence[str | Path], out: str | Path, predictions: str | P
     preds = read_predictions(predictions) if predictions is not None else None
     extra = {
         "predictions": "oracle" if preds is None else str(predictions),
-        "data": [str(Path(d).resolve()) for d in data],
+        "data": data_paths(data),
     }
     return write_results(out, score_dataset(samples, preds), extra)

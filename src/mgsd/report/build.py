@@ -30,22 +30,25 @@ def _model_name(m: Mapping[str, Any]) -> str:
     return Path(str(pred)).name if pred else "–"
 
 
-def _results(found: Found) -> str:
-    header = [
-        "run",
-        "model",
-        "input",
-        "n",
-        "success",
-        "95% CI",
-        "optimal",
-        "progress",
-        "invalid",
-        "parse fail",
-        "macro success",
-        "95% CI",
-        "failed req.",
+# The plan-metric columns shared by the results table and its per task / level details.
+_METRIC_HEADER = ["n", "success", "95% CI", "optimal", "progress", "invalid", "parse fail"]
+
+
+def _metric_cells(v: Mapping[str, Any]) -> list[Any]:
+    """The ``_METRIC_HEADER`` cells of one metrics block (a whole run, a task or a (task, level) cell)."""
+    return [
+        v["n"],
+        pct(v["success"]),
+        ("ci", ci(v["ci"]["success"])),
+        pct(v["optimal"]),
+        pct(v["progress"]),
+        pct(v["invalid"]),
+        pct(v["parse_failure"]),
     ]
+
+
+def _results(found: Found) -> str:
+    header = ["run", "model", "input", *_METRIC_HEADER, "macro success", "95% CI", "failed req."]
     rows = []
     for r in found.plans:
         m = r.data
@@ -54,13 +57,7 @@ def _results(found: Found) -> str:
                 r.label,
                 _model_name(m),
                 m.get("modality", "–"),
-                m["n"],
-                pct(m["success"]),
-                ("ci", ci(m["ci"]["success"])),
-                pct(m["optimal"]),
-                pct(m["progress"]),
-                pct(m["invalid"]),
-                pct(m["parse_failure"]),
+                *_metric_cells(m),
                 pct(m["macro"]["success"]),
                 ("ci", ci(m["macro"]["ci"]["success"])),
                 m.get("request_failures", 0),
@@ -70,23 +67,12 @@ def _results(found: Found) -> str:
     detail = []
     for r in found.plans:
         cells = [
-            [
-                name,
-                v["n"],
-                pct(v["success"]),
-                ("ci", ci(v["ci"]["success"])),
-                pct(v["optimal"]),
-                pct(v["progress"]),
-                pct(v["invalid"]),
-                pct(v["parse_failure"]),
-            ]
+            [name, *_metric_cells(v)]
             for name, v in [*r.data["by_task_level"].items(), *r.data["by_task"].items()]
         ]
         detail.append(
             f"<details><summary>{esc(r.label)}: per task and level</summary>"
-            + table(
-                ["scope", "n", "success", "95% CI", "optimal", "progress", "invalid", "parse fail"], cells
-            )
+            + table(["scope", *_METRIC_HEADER], cells)
             + "</details>"
         )
     return section("Results", body + "".join(detail) + f'<p class="note">{esc(METRIC_NOTE)}</p>', "results")

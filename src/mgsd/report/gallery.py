@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from PIL import Image, ImageDraw
 
 from mgsd.actions import parse_plan
 from mgsd.data.io import decode_image, read_rows
+from mgsd.eval.plans import read_jsonl
 from mgsd.tasks import MOVES, Task, get_task
 
 SIZE = 256  # gallery image size in pixels
@@ -155,7 +155,7 @@ def run_cases(
     samples = run_dir / "samples.jsonl"
     if not samples.is_file():
         return [], f"{label}: no samples.jsonl"
-    rows = [json.loads(line) for line in samples.read_text().splitlines() if line.strip()]
+    rows = read_jsonl(samples)
     rows = [r for r in rows if "response" in r or "plan" in r]
     if not rows:
         return [], None  # e.g. a mean over seeds: its seed runs have the cases
