@@ -136,11 +136,23 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return dict(data)
 
 
+def load_section(path: str | Path, section: str) -> dict[str, Any]:
+    """The top-level mapping ``section`` of a YAML file; a missing one raises, naming the choices."""
+    data = load_yaml(path)
+    sections = sorted(k for k, v in data.items() if isinstance(v, dict))
+    if section not in sections:
+        raise ConfigError(f"{path} has no section {section!r} (sections: {', '.join(sections) or 'none'})")
+    return dict(data[section])
+
+
 def load_config(
     cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = (), section: str | None = None
 ) -> T:
-    """``cls`` from an optional YAML file (or one section of it) plus overrides."""
-    data = load_yaml(path) if path else {}
+    """``cls`` from an optional YAML file (or one section of it, which must exist) plus overrides."""
     if section is not None:
-        data = dict(data.get(section) or {})
+        if not path:
+            raise ConfigError(f"section {section!r} needs a config file")
+        data = load_section(path, section)
+    else:
+        data = load_yaml(path) if path else {}
     return from_dict(cls, apply_overrides(data, overrides))

@@ -76,6 +76,7 @@ class Backbone:
         self.pad_token_id = int(pad if pad is not None else self.eos_token_ids[0])
         self.image_token_id = _config_value(model.config, "image_token_id", "image_token_index")
         self._generation_prompt_ids = self._find_generation_prompt()
+        self._generation_prompt_text: str | None = None  # decoded lazily by encode_responses
         self._forward_params = set(inspect.signature(model.forward).parameters)
 
     # ------------------------------------------------------------------ loading / saving
@@ -245,18 +246,25 @@ class Backbone:
         would see it, does not start a new token: e.g. a leading "\\n" merging with the prompt's
         "\\n" into one token. Training on such ids would teach a split the model never samples.
         """
+        texts = list(texts)
+        if not texts:
+            return []
         prompt = self._generation_prompt_ids or []
-        prompt_text = self.tokenizer.decode(prompt, skip_special_tokens=False)
+        alone = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        joints: list[Any] = [None] * len(texts)
+        if prompt:
+            if self._generation_prompt_text is None:
+                self._generation_prompt_text = self.tokenizer.decode(prompt, skip_special_tokens=False)
+            prompt_text = self._generation_prompt_text
+            joints = self.tokenizer([prompt_text + t for t in texts], add_special_tokens=False)["input_ids"]
         out = []
-        for i, text in enumerate(texts):
-            ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-            if prompt:
-                joint = self.tokenizer(prompt_text + text, add_special_tokens=False)["input_ids"]
-                if list(joint) != prompt + ids:
-                    raise ValueError(
-                        f"response {i} ({text[:12]!r}) would merge into the prompt boundary: after the"
-                        " generation prompt it tokenises differently than on its own"
-                    )
+        for i, (text, ids, joint) in enumerate(zip(texts, alone, joints, strict=True)):
+            ids = list(ids)
+            if prompt and list(joint) != prompt + ids:
+                raise ValueError(
+                    f"response {i} ({text[:12]!r}) would merge into the prompt boundary: after the"
+                    " generation prompt it tokenises differently than on its own"
+                )
             out.append(ids + ([self.eos_token_ids[0]] if add_eos else []))
         return out
 

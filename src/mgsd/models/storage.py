@@ -43,9 +43,15 @@ def resolve_model_path(path_or_id: str | os.PathLike[str]) -> str:
 
 @contextmanager
 def atomic_directory(target: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary sibling directory that replaces ``target`` only if the block succeeds."""
+    """Yield a temporary sibling directory that replaces ``target`` only if the block succeeds.
+
+    Hidden siblings left by an earlier writer of ``target`` that was killed are removed first (one
+    writer per target is the contract).
+    """
     target = Path(target).resolve()
     target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in [*target.parent.glob(f".{target.name}.tmp-*"), *target.parent.glob(f".{target.name}.old-*")]:
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     umask = os.umask(0)
     os.umask(umask)

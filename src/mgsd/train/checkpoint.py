@@ -4,7 +4,7 @@ A checkpoint ``step-000050/`` holds the trainable weights (``weights.safetensors
 (``optimizer.safetensors``), extra weights such as an EMA teacher (``extra.safetensors``), the torch
 RNG state and ``state.json`` (step, the data position, the best validation score, the config). It is
 written to a hidden temporary directory and renamed, so a run killed at any moment leaves either a
-complete checkpoint or none.
+complete checkpoint or none (``mgsd.models.storage.atomic_directory``).
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+
+from mgsd.models.storage import atomic_directory
 
 _PREFIX = "step-"
 
@@ -54,33 +56,31 @@ def save_checkpoint(
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{_PREFIX}{step:06d}"
-    tmp = root / f".tmp-{_PREFIX}{step:06d}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    save_file({k: v.detach().contiguous().cpu() for k, v in params.items()}, str(tmp / "weights.safetensors"))
-    names = {id(p): k for k, p in params.items()}
-    opt_tensors, opt_scalars = _optimizer_tensors(optimizer, names)
-    save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-    if extra:
+    # atomic_directory's hidden ".step-000050.tmp-*" never matches _PREFIX, so checkpoints() skips it.
+    with atomic_directory(final) as tmp:
         save_file(
-            {k: v.detach().contiguous().cpu() for k, v in extra.items()}, str(tmp / "extra.safetensors")
+            {k: v.detach().contiguous().cpu() for k, v in params.items()}, str(tmp / "weights.safetensors")
         )
-    save_file({"torch": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
-    full_state = {
-        **state,
-        "step": step,
-        "optimizer_scalars": opt_scalars,
-        "python_rng": repr(random.getstate()),
-        "numpy_rng": np.random.get_state()[1].tolist()[:4],  # fingerprint only; numpy is reseeded per step
-    }
-    (tmp / "state.json").write_text(json.dumps(full_state, indent=1, default=str))
-    for f in tmp.iterdir():  # make the data durable before the directory becomes visible
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+        names = {id(p): k for k, p in params.items()}
+        opt_tensors, opt_scalars = _optimizer_tensors(optimizer, names)
+        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+        if extra:
+            save_file(
+                {k: v.detach().contiguous().cpu() for k, v in extra.items()}, str(tmp / "extra.safetensors")
+            )
+        save_file({"torch": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
+        full_state = {
+            **state,
+            "step": step,
+            "optimizer_scalars": opt_scalars,
+            "python_rng": repr(random.getstate()),
+            # fingerprint only; numpy is reseeded per step
+            "numpy_rng": np.random.get_state()[1].tolist()[:4],
+        }
+        (tmp / "state.json").write_text(json.dumps(full_state, indent=1, default=str))
+        for f in tmp.iterdir():  # make the data durable before the directory becomes visible
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
     for old in sorted(checkpoints(root))[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -118,9 +118,10 @@ def load_checkpoint(
     state = json.loads((path / "state.json").read_text())
     opt_tensors = load_file(str(path / "optimizer.safetensors"))
     scalars = state.pop("optimizer_scalars", {})
+    names = {id(p): k for k, p in params.items()}
     for group in optimizer.param_groups:
         for p in group["params"]:
-            name = next(k for k, q in params.items() if q is p)
+            name = names[id(p)]
             entry = {}
             for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "step"):
                 if f"{name}::{key}" in opt_tensors:

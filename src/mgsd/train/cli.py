@@ -34,7 +34,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from mgsd.config import ConfigError, load_config, load_yaml
+    from mgsd.config import ConfigError, load_config, load_section
     from mgsd.train.config import TrainConfig
     from mgsd.train.trainer import train
 
@@ -46,17 +46,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if value:
             overrides.append(f"{key}={json.dumps(value)}")
     if args.section is not None:
-        # load_config reads a missing section as empty: name the choices instead of training on defaults.
         if not args.config:
             raise ConfigError("--section needs --config")
-        data = load_yaml(args.config)
-        sections = sorted(k for k, v in data.items() if isinstance(v, dict))
-        if args.section not in sections:
-            raise ConfigError(
-                f"{args.config} has no section {args.section!r} (sections: {', '.join(sections) or 'none'})"
-            )
         # A multi-stage recipe names each stage's objective: running one stage as another is a slip.
-        named = data[args.section].get("objective")
+        # (load_section raises for a missing section, naming the ones the file has.)
+        named = load_section(args.config, args.section).get("objective")
         if named is not None and named != args.objective:
             raise ConfigError(f"section {args.section!r} is a {named!r} stage, not {args.objective!r}")
     cfg = load_config(TrainConfig, args.config, [*overrides, *args.overrides], section=args.section)

@@ -32,7 +32,6 @@ from mgsd.data.io import read_rows
 from mgsd.eval.metrics import aggregate, score_response
 from mgsd.eval.perception import score_perception
 from mgsd.models.backbone import Backbone
-from mgsd.models.chat import student_messages, teacher_messages
 from mgsd.models.context import Context
 from mgsd.tasks import get_task
 from mgsd.train import objectives as obj
@@ -199,13 +198,8 @@ class Trainer:
             return self.bb.encode_student([e.prompt for e in exs], [e.pil_image() for e in exs])
         if any(e.image is not None for e in exs):
             raise ValueError("a batch mixes image and text-only examples")
-        return self.bb.encode(
-            [
-                teacher_messages(e.system, e.prompt) if e.system else student_messages(e.prompt, "end", 0)
-                for e in exs
-            ],
-            [[] for _ in exs],
-        )
+        # teacher_messages(None, text) is student_messages(text, "end", 0): no system turn when empty
+        return self.bb.encode_teacher([e.system or None for e in exs], [e.prompt for e in exs])
 
     def _chunks(self, n: int) -> list[list[int]]:
         m = self.cfg.micro_batch_size
@@ -227,7 +221,7 @@ class Trainer:
         for idx in self._chunks(len(exs)):
             ctx = self._encode_student([exs[i] for i in idx])
             lp, mask = self.bb.token_logprobs(ctx, [targets[i] for i in idx], grad=True)
-            loss = -(lp * mask).sum() / n_tokens
+            loss = -obj.masked_mean(lp, mask, n_tokens)
             loss.backward()
             loss_sum += float(loss.detach()) * n_tokens
         return {"loss": self._sum_all(loss_sum) / n_tokens, "target_tokens": n_tokens}
@@ -327,10 +321,12 @@ class Trainer:
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params.values()]
         flat = torch.cat([g.reshape(-1) for g in grads])
         dist.all_reduce(flat)
+        # Each grad becomes a disjoint view of the freshly allocated ``flat`` (no copy): clipping and
+        # AdamW only read or scale them in place, and zero_grad(set_to_none=True) drops them every step.
         offset = 0
         for p, g in zip(self.params.values(), grads, strict=True):
             n = g.numel()
-            p.grad = flat[offset : offset + n].view_as(p).clone()
+            p.grad = flat[offset : offset + n].view_as(p)
             offset += n
 
     def run(self) -> dict[str, Any]:
