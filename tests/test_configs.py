@@ -125,3 +125,9 @@ def test_pipeline_configs_load_with_valid_stage_overrides(name: str) -> None:
     assert cfg.data.test_per_task >= (300 if name != "smoke.yaml" else 1)
     for stage in (cfg.base, cfg.stage1, cfg.stage2):
         load_config(TrainConfig, None, ["objective=perception", *stage.overrides])  # bad keys raise
+
+
+def test_pipeline_defaults_are_the_default_config() -> None:
+    from mgsd.pipeline import PipelineConfig
+
+    assert load_config(PipelineConfig, CONFIGS / "default.yaml") == PipelineConfig()

@@ -99,7 +99,7 @@ def export_easyr1(data: str | Path, out: str | Path, *, with_plan: bool = True) 
         )  # our canonical state JSON (their raw .txt has no equivalent)
         cols["teacher_system_prompt"].append(teacher_system(task))
         cols["teacher_text_context"].append(
-            teacher_context(task, state, r["optimal_plan"] if with_plan else None)
+            teacher_context(task, state, task.split_plan(r["optimal_plan"]) if with_plan else None)
         )
     features = Features(
         {

@@ -233,7 +233,7 @@ def init_model_dir(
 def init_tiny(
     out_dir: str | Path, preset: str = "tiny", corpus: Iterable[str] | None = None, seed: int = 0
 ) -> Path:
-    """Create the offline Qwen3-VL ``tiny`` (~5.5M) or ``small`` (~20M) preset in ``out_dir``."""
+    """Create the offline Qwen3-VL ``tiny`` (~5.6M) or ``small`` (~20M) preset in ``out_dir``."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
     return init_model_dir(out_dir, "qwen3_vl", PRESETS[preset], corpus=corpus, seed=seed)

@@ -7,6 +7,7 @@ comma-separated actions with PICK/DROP for MiniBehaviour); in between we put one
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from mgsd.tasks import MOVE_WORDS, Task
@@ -88,15 +89,14 @@ def teacher_system(task: Task) -> str:
     )
 
 
-def teacher_context(task: Task, state: dict[str, Any], plan: str | None = None) -> str:
-    """The teacher's user turn: the symbolic state, optionally with the reference plan."""
+def teacher_context(task: Task, state: dict[str, Any], plan: Sequence[str] | None = None) -> str:
+    """The teacher's user turn: the symbolic state, optionally with the reference plan's actions."""
     lines = [task.symbolic_text(state)]
     if plan is not None:
-        actions = plan.split(",") if task.plan_separator == "," else list(plan)
         lines += [
             "",
             "A shortest correct solution (do not mention this hint):",
-            solution_lines(task, state, actions),
+            solution_lines(task, state, list(plan)),
         ]
     return "\n".join(lines)
 
@@ -123,15 +123,12 @@ def _path_line(task: Task, state: dict[str, Any], plan: list[str]) -> str:
     Every step is a move to a neighbouring cell, so a reader checks (and a small model learns) the
     plan one local step at a time; the answer letters then follow from consecutive cells.
     """
-    sim = task.initial(state)
-    parts = [_cell(task.position(sim))]
-    for action in plan:
-        step = task.step(state, sim, action)
-        if step.invalid:
-            raise ValueError(f"the plan is not executable: {step.invalid}")
-        sim = step.sim
-        parts.append(action if action not in MOVE_WORDS else _cell(task.position(sim)))
-    return "Path: " + " ".join(parts) + "."
+    run = task.rollout(state, plan)
+    if len(run.visited) != len(plan) + 1:  # the episode ended early: invalid, or solved before the end
+        raise ValueError(f"the plan does not walk through to its end: {run.reason}")
+    cells = [_cell(task.position(sim)) for sim in run.visited]
+    steps = [a if a not in MOVE_WORDS else cell for a, cell in zip(plan, cells[1:], strict=True)]
+    return "Path: " + " ".join([cells[0], *steps]) + "."
 
 
 def _cell(cell: tuple[int, int]) -> str:

@@ -146,6 +146,11 @@ class Task(ABC):
     def format_plan(self, plan: Sequence[str]) -> str:
         return self.plan_separator.join(plan)
 
+    def split_plan(self, text: str) -> list[str]:
+        """The actions of a stored plan string (the inverse of ``format_plan``; not a parser of
+        model output, see ``mgsd.actions.parse_plan``)."""
+        return text.split(self.plan_separator) if self.plan_separator else list(text)
+
     def rollout(self, state: dict[str, Any], plan: Sequence[str]) -> Rollout:
         """Execute ``plan`` from the initial state with the task's simulator."""
         sim = self.initial(state)

@@ -55,8 +55,7 @@ def build_examples(
     for r in rows:
         task = get_task(r["task"])
         state = task.load_state(r["state"])
-        plan = r["optimal_plan"]
-        actions = plan.split(",") if task.plan_separator == "," else list(plan)
+        actions = task.split_plan(r["optimal_plan"])
         common = {
             "id": r["id"],
             "task": task.name,
@@ -90,7 +89,7 @@ def build_examples(
             if style < 2:
                 prompt, system = text_student_prompt(task, state), None
             else:
-                prompt = teacher_context(task, state, plan if style == 2 else None)
+                prompt = teacher_context(task, state, actions if style == 2 else None)
                 system = teacher_system(task)
             out.append(
                 Example(
@@ -109,7 +108,9 @@ def build_examples(
                     image=r["image"],
                     target=reference_response(task, state, actions),
                     teacher_system=teacher_system(task),
-                    teacher_prompt=teacher_context(task, state, plan if privileged == "state+plan" else None),
+                    teacher_prompt=teacher_context(
+                        task, state, actions if privileged == "state+plan" else None
+                    ),
                 )
             )
         else:
