@@ -21,6 +21,7 @@ from mgsd.eval.backends import GenerationConfig, Query, Reply
 from mgsd.eval.gap import CATEGORIES, attribute, evaluate_gap, format_gap
 from mgsd.eval.local import LocalBackend
 from mgsd.eval.model import CACHE_NAME, evaluate_model, evaluate_perception, load_samples
+from mgsd.eval.plans import read_jsonl
 from mgsd.models import init_tiny
 from mgsd.prompts import perception_target, text_student_prompt
 from mgsd.tasks import get_task
@@ -106,10 +107,6 @@ def plan_answer(samples: dict[str, dict[str, Any]]) -> Callable[[Query, Generati
     return respond
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
 def test_metrics_end_to_end_counts_every_sample(data: Path, samples: dict, tmp_path: Path) -> None:
     backend = Canned(plan_answer(samples))
     m = evaluate_model(backend, [data], tmp_path, model="canned", progress=False, batch_size=3)
@@ -169,6 +166,21 @@ def test_resume_after_kill_gives_identical_files(data: Path, samples: dict, tmp_
     assert len(rest.calls) == 8 - 3
     for name in ("samples.jsonl", "metrics.json"):
         assert (part / name).read_bytes() == (full / name).read_bytes()
+
+
+def test_unicode_line_separators_inside_responses_survive(data: Path, samples: dict, tmp_path: Path) -> None:
+    # JSON leaves U+2028 / U+0085 unescaped; only "\n" may end a JSONL record.
+    def respond(q: Query, cfg: GenerationConfig) -> str:
+        return f"odd\u2028text\x85here\n<answer>{samples[q.id]['optimal_plan']}</answer>"
+
+    out = tmp_path / "out"
+    m = evaluate_model(Canned(respond), [data], out, progress=False, batch_size=2)
+    again = Canned(respond)
+    assert evaluate_model(again, [data], out, progress=False, batch_size=2) == m and not again.calls  # cache
+    rows = read_jsonl(out / "samples.jsonl")
+    assert (
+        len(rows) == m["n"] and all("\u2028" in r["response"] for r in rows) and m["macro"]["success"] == 1.0
+    )
 
 
 def test_cache_refuses_other_settings(data: Path, samples: dict, tmp_path: Path) -> None:

@@ -39,7 +39,7 @@ from mgsd.data.io import DataError, decode_image, read_rows
 from mgsd.eval.backends import Backend, GenerationConfig, Query, Reply
 from mgsd.eval.metrics import METRICS, score_plan, score_response
 from mgsd.eval.perception import score_perception
-from mgsd.eval.plans import data_paths, write_json, write_jsonl, write_results
+from mgsd.eval.plans import data_paths, jsonl_lines, read_jsonl, write_json, write_jsonl, write_results
 from mgsd.prompts import perception_prompt, student_prompt, text_student_prompt
 from mgsd.tasks import get_task
 
@@ -119,7 +119,7 @@ class ResponseCache:
         if raw and not raw.endswith(b"\n"):  # killed mid-write: drop the partial last line
             raw = raw[: raw.rfind(b"\n") + 1]
             self.path.write_bytes(raw)
-        lines = raw.decode("utf-8").splitlines()
+        lines = [ln for ln in jsonl_lines(raw.decode("utf-8")) if ln.strip()]
         if not lines:
             return {}
         try:
@@ -311,7 +311,7 @@ def _combine_seeds(
     Written with ``write_results``; its ``missing_predictions`` is 0 here (mean rows never lack a response).
     """
     runs = {
-        s: [json.loads(x) for x in (out / f"seed{s}" / "samples.jsonl").read_text().splitlines()]
+        s: read_jsonl(out / f"seed{s}" / "samples.jsonl")
         for s in per_seed
     }
     first = runs[min(runs)]

@@ -21,7 +21,7 @@ def read_predictions(path: str | Path) -> dict[str, str]:
     if not path.is_file():
         raise DataError(f"predictions file not found: {path}")
     preds: dict[str, str] = {}
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+    for lineno, line in enumerate(jsonl_lines(path.read_text()), start=1):
         if not line.strip():
             continue
         try:
@@ -72,9 +72,15 @@ def write_jsonl(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
     os.replace(tmp, path)
 
 
+def jsonl_lines(text: str) -> list[str]:
+    """The lines of JSONL text. Only "\n" ends a record: ``str.splitlines`` would also split inside a
+    string holding U+2028 or U+0085, which JSON (and ``ensure_ascii=False``) leaves unescaped."""
+    return text.split("\n")
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """The records of a JSONL file written by ``write_jsonl``; blank lines are skipped."""
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [json.loads(line) for line in jsonl_lines(path.read_text()) if line.strip()]
 
 
 def write_json(obj: Any, path: Path) -> None:
