@@ -1,6 +1,8 @@
-"""Scoring answers to the numbered perception questions of a task (exact, set-based, strict).
+"""Scoring answers to the perception questions of a task (exact, set-based, strict).
 
-Each question's answer section is compared with the target according to the question's kind:
+Answers are ``key: value`` lines, the facts block a reasoned plan answer starts with (numbered
+sections ``1. ...`` are read too). Each question's answer section is compared with the target
+according to the question's kind:
 ``size`` (``NxN`` or a bare N), ``position`` (exactly one ``(r,c)``), ``cells`` (the set of ``(r,c)``;
 ``none`` = empty), ``open_dirs`` (a box-drawing grid, or ``(r,c): words`` per line; a dict of sets),
 ``actions`` (the set of words up/right/down/left). A section that is missing or unparseable is
@@ -22,6 +24,23 @@ _CELL = re.compile(r"\(\s*(\d+)\s*,\s*(\d+)\s*\)")
 _SIZE = re.compile(r"(\d+)\s*[x×X*]\s*(\d+)")
 _WORDS = ("up", "right", "down", "left")
 _NONE = re.compile(r"\b(none|empty|no cells?|nothing)\b", re.IGNORECASE)
+
+
+def split_keyed(text: str, keys: Sequence[str]) -> dict[str, str]:
+    """``key: value`` sections of an answer (a value may run over the following lines, as a maze
+    grid does); keys not in ``keys`` are not section marks; later duplicates are ignored."""
+    if not keys:
+        return {}
+    pattern = re.compile(
+        r"^\s*(" + "|".join(re.escape(k) for k in sorted(keys, key=len, reverse=True)) + r")\s*:[ \t]*",
+        re.MULTILINE,
+    )
+    marks = list(pattern.finditer(text or ""))
+    out: dict[str, str] = {}
+    for i, m in enumerate(marks):
+        end = marks[i + 1].start() if i + 1 < len(marks) else len(text)
+        out.setdefault(m.group(1), text[m.end() : end].strip())
+    return out
 
 
 def split_sections(text: str) -> dict[int, str]:
@@ -99,14 +118,19 @@ def parse_section(kind: str, text: str) -> Any:
 
 
 def score_perception(items: Sequence[PerceptionItem], response: str | None) -> dict[str, Any]:
-    """Per-question correctness (by item key) and whether all questions are right."""
-    sections = split_sections(response or "")
+    """Per-question correctness (by item key) and whether all questions are right.
+
+    Answers are read as ``key: value`` lines (the facts format); an answer with no such line is read
+    as numbered sections ``1. ...`` in question order instead."""
+    keyed = split_keyed(response or "", [item.key for item in items])
+    numbered = {} if keyed else split_sections(response or "")
     per_question: dict[str, bool] = {}
     for i, item in enumerate(items, start=1):
         target = parse_section(item.kind, item.answer)
         if target is None:
             raise ValueError(f"target answer of {item.key!r} does not parse: {item.answer!r}")
-        got = parse_section(item.kind, sections[i]) if i in sections else None
+        section = keyed.get(item.key) if keyed else numbered.get(i)
+        got = parse_section(item.kind, section) if section is not None else None
         per_question[item.key] = got is not None and got == target
     return {
         "questions": per_question,

@@ -102,19 +102,20 @@ def teacher_context(task: Task, state: dict[str, Any], plan: Sequence[str] | Non
 
 
 def perception_prompt(task: Task, state: dict[str, Any]) -> str:
-    """Numbered perception questions about the image (the questions do not depend on the state)."""
+    """Perception questions about the image, answered as ``key: value`` lines (the questions do not
+    depend on the state)."""
     items = task.perception(state)
     lines = [
-        f"Questions about the {task.title} image. {IMAGE_LEGEND[task.name]}",
-        "Use 0-based (row,col) and answer each question on its own numbered line.",
+        f"Describe the {task.title} image. {IMAGE_LEGEND[task.name]}",
+        "Use 0-based (row,col); answer with one 'key: value' line per item, in this order:",
     ]
-    lines += [f"{i}. {item.question}" for i, item in enumerate(items, start=1)]
+    lines += [f"{item.key}: {item.question}" for item in items]
     return "\n".join(lines)
 
 
 def perception_target(task: Task, state: dict[str, Any]) -> str:
-    """The numbered target answers, one section per question."""
-    return "\n".join(f"{i}. {item.answer}" for i, item in enumerate(task.perception(state), start=1))
+    """The target: the same facts block a reasoned plan answer starts with, plus the legal moves."""
+    return task.facts(state, with_moves=True)
 
 
 def _path_line(task: Task, state: dict[str, Any], plan: list[str]) -> str:

@@ -118,17 +118,17 @@ class Task(ABC):
     def perception(self, state: dict[str, Any]) -> list[PerceptionItem]:
         """The perception questions of this state with their target answers, in order."""
 
-    def facts(self, state: dict[str, Any]) -> str:
-        """The state as ``key: answer`` lines (the perception answers without the legal moves).
+    def facts(self, state: dict[str, Any], *, with_moves: bool = False) -> str:
+        """The state as ``key: answer`` lines (the perception answers; the legal moves only if asked).
 
         The symbolic text contains this block verbatim and a reasoned answer restates it, so
         restating the state is a copy for a reader of the text and a perception for a reader of
-        the image.
+        the image; the perception target is the same block plus the legal moves.
         """
         return "\n".join(
             f"{item.key}:{chr(10) if chr(10) in item.answer else ' '}{item.answer}"
             for item in self.perception(state)
-            if item.kind != "actions"
+            if with_moves or item.kind != "actions"
         )
 
     # -- generic machinery built on ``step`` ------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-Objective = Literal["perception", "plan", "symbolic", "opsd"]
+Objective = Literal["perception", "plan", "symbolic", "opsd", "pretrain"]
 
 
 @dataclass
@@ -65,6 +65,7 @@ class TrainConfig:
     batch_size: int = 8  # global: samples (prompts) per optimizer step, over all processes
     micro_batch_size: int = 8  # per process and forward pass
     seed: int = 0
+    balance_tasks: bool = True  # every task gets an equal share of the updates, whatever its row count
     compute_dtype: Literal["float32", "bfloat16"] = "float32"  # master weights stay fp32
     trust_remote_code: bool = False
     optim: OptimConfig = field(default_factory=OptimConfig)

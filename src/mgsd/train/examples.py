@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from typing import Any
 from PIL import Image
 
 from mgsd.data.io import decode_image
+from mgsd.data.scenes import SCENE_TASK, scene_prompt, scene_target
 from mgsd.prompts import (
     perception_prompt,
     perception_target,
@@ -47,12 +49,29 @@ def build_examples(
     privileged: str = "state+plan",
     teacher_prompts: bool = True,
 ) -> list[Example]:
-    """Examples for ``objective``: ``perception`` (image -> numbered state), ``plan`` (image ->
+    """Examples for ``objective``: ``perception`` (image -> facts block), ``plan`` (image ->
     reasoned plan), ``symbolic`` (text state -> reasoned plan), ``opsd`` (image prompt + privileged
-    teacher text; the target is kept for logging only). ``teacher_prompts=False`` keeps every
+    teacher text; the target is kept for logging only), ``pretrain`` (the tiny base's mixture: scene
+    rows -> scene description, task rows -> ``symbolic``). ``teacher_prompts=False`` keeps every
     ``symbolic`` example in the plain text-student form (for validation)."""
     out = []
     for r in rows:
+        if r["task"] == SCENE_TASK:
+            if objective != "pretrain":
+                raise ValueError(f"scene rows ({r['id']}) only serve the pretrain objective")
+            scene = json.loads(r["state"])
+            out.append(
+                Example(
+                    id=r["id"],
+                    task=SCENE_TASK,
+                    level=int(r["level"]),
+                    state=r["state"],
+                    prompt=scene_prompt(scene),
+                    image=r["image"],
+                    target=scene_target(scene),
+                )
+            )
+            continue
         task = get_task(r["task"])
         state = task.load_state(r["state"])
         actions = task.split_plan(r["optimal_plan"])
@@ -81,7 +100,7 @@ def build_examples(
                     target=reference_response(task, state, actions),
                 )
             )
-        elif objective == "symbolic":
+        elif objective in ("symbolic", "pretrain"):
             # Half of the rows are posed as the stage-2 teacher will see them (system turn, symbolic
             # state, with or without the plan hint): a pretrained instruction model handles that
             # prompt out of the box, a base built from scratch has to have seen it.

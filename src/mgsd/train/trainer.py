@@ -13,11 +13,13 @@ compute the same gradient.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
 import random
 import time
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,15 @@ _TRAIN_COLUMNS = ["id", "task", "level", "state", "image", "optimal_plan", "opti
 
 def step_seed(seed: int, step: int, rank: int) -> int:
     return (seed * 1_000_003 + step * 7919 + rank) % (2**63 - 1)
+
+
+def _spread(rows: Sequence[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    """At most ``n`` rows, tasks taking turns (a file-order prefix would be all FrozenLake)."""
+    by_task: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_task.setdefault(r["task"], []).append(r)
+    turns = itertools.chain.from_iterable(itertools.zip_longest(*by_task.values()))
+    return [r for r in turns if r is not None][:n]
 
 
 class Trainer:
@@ -93,11 +104,20 @@ class Trainer:
         self.train = build_examples(rows, cfg.objective, privileged=cfg.opsd.privileged)
         if not self.train:
             raise ValueError("the training data is empty")
+        self._task_index: dict[str, list[int]] = {}
+        for i, e in enumerate(self.train):
+            self._task_index.setdefault(e.task, []).append(i)
+        self._epoch_len = (
+            len(self._task_index) * max(len(v) for v in self._task_index.values())
+            if cfg.balance_tasks
+            else len(self.train)
+        )
+        self._order_cache: tuple[int, list[int]] | None = None
         val_rows = read_rows(cfg.val_data, columns=_TRAIN_COLUMNS) if cfg.val_data else []
-        val_objective = "plan" if cfg.objective == "opsd" else cfg.objective
-        self.val = build_examples(val_rows[: cfg.val_samples], val_objective, teacher_prompts=False)
+        val_objective = {"opsd": "plan", "pretrain": "symbolic"}.get(cfg.objective, cfg.objective)
+        self.val = build_examples(_spread(val_rows, cfg.val_samples), val_objective, teacher_prompts=False)
 
-        steps_per_epoch = max(1, len(self.train) // cfg.batch_size)
+        steps_per_epoch = max(1, self._epoch_len // cfg.batch_size)
         self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
         o = cfg.optim
         self.opt = torch.optim.AdamW(
@@ -177,17 +197,38 @@ class Trainer:
 
     # ------------------------------------------------------------------ data
     def _global_batch(self, step: int) -> list[Example]:
-        """The examples of global batch ``step``: consecutive slices of per-epoch seeded permutations."""
-        n, bsz = len(self.train), self.cfg.batch_size
+        """The examples of global batch ``step``: consecutive slices of the per-epoch order."""
+        bsz = self.cfg.batch_size
         out: list[Example] = []
         pos = step * bsz
         while len(out) < bsz:
-            epoch, offset = divmod(pos, n)
-            perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.cfg.seed + epoch)).tolist()
-            take = min(bsz - len(out), n - offset)
-            out += [self.train[i] for i in perm[offset : offset + take]]
+            order = self._epoch_order(pos // self._epoch_len)
+            offset = pos % self._epoch_len
+            take = min(bsz - len(out), self._epoch_len - offset)
+            out += [self.train[i] for i in order[offset : offset + take]]
             pos += take
         return out
+
+    def _epoch_order(self, epoch: int) -> list[int]:
+        """One epoch's example order, seeded by (seed, objective, epoch) so that stages started from
+        one another never walk the data in the same order. With ``balance_tasks`` every task gets an
+        equal share: tasks take turns, each walking its own permutation and cycling when it runs out
+        (an epoch is as long as the largest task allows)."""
+        if self._order_cache and self._order_cache[0] == epoch:
+            return self._order_cache[1]
+        seed = zlib.crc32(f"{self.cfg.seed}/{self.cfg.objective}/{epoch}".encode())
+        gen = torch.Generator().manual_seed(seed)
+        if not self.cfg.balance_tasks:
+            order = torch.randperm(len(self.train), generator=gen).tolist()
+        else:
+            perms = [
+                [idx[i] for i in torch.randperm(len(idx), generator=gen).tolist()]
+                for idx in self._task_index.values()
+            ]
+            longest = max(len(p) for p in perms)
+            order = [p[j % len(p)] for j in range(longest) for p in perms]
+        self._order_cache = (epoch, order)
+        return order
 
     def _local(self, batch: Sequence[Example]) -> list[Example]:
         per = len(batch) // self.world
@@ -201,9 +242,14 @@ class Trainer:
         # teacher_messages(None, text) is student_messages(text, "end", 0): no system turn when empty
         return self.bb.encode_teacher([e.system or None for e in exs], [e.prompt for e in exs])
 
-    def _chunks(self, n: int) -> list[list[int]]:
+    def _chunks(self, n: int, exs: Sequence[Example] | None = None) -> list[list[int]]:
+        """Micro-batches of at most ``micro_batch_size``; with ``exs``, image and text-only examples
+        go to separate micro-batches (one forward cannot mix them), each keeping its order."""
         m = self.cfg.micro_batch_size
-        return [list(range(i, min(n, i + m))) for i in range(0, n, m)]
+        groups = [list(range(n))]
+        if exs is not None:
+            groups = [[i for i in range(n) if (exs[i].image is None) == text] for text in (False, True)]
+        return [g[i : i + m] for g in groups for i in range(0, len(g), m)]
 
     def _sum_all(self, value: float) -> float:
         if self.world == 1:
@@ -218,7 +264,7 @@ class Trainer:
         targets = self.bb.encode_responses([e.target or "" for e in exs])
         n_tokens = self._sum_all(float(sum(len(t) for t in targets)))
         loss_sum = 0.0
-        for idx in self._chunks(len(exs)):
+        for idx in self._chunks(len(exs), exs):
             ctx = self._encode_student([exs[i] for i in idx])
             lp, mask = self.bb.token_logprobs(ctx, [targets[i] for i in idx], grad=True)
             loss = -obj.masked_mean(lp, mask, n_tokens)

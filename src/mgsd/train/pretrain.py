@@ -1,0 +1,222 @@
+"""``mgsd pretrain``: build the tiny "pretrained VLM" that ``mgsd run`` starts from.
+
+The paper starts from Qwen3-VL-Instruct, which perceives images and plans from text but fails at
+planning from the image. With no downloadable weights, this makes the same starting point once:
+
+1. data: synthetic grid scenes (``mgsd.data.scenes``: generic visual grounding, never a task render)
+   and task states in symbolic text (never their renders), plus a held-out validation split;
+2. a fixed tokenizer built from that data, and a random tiny Qwen3-VL (or the weights of an earlier
+   round, to train in rounds);
+3. one full fine-tune (ViT, merger and LM) on the ``pretrain`` mixture: scenes -> descriptions,
+   symbolic states -> reasoned plans (plain prompt, teacher prompt with and without the plan hint),
+   every source an equal share of the updates;
+4. the gates on held-out states (``mgsd.eval.gates``) and a model card, next to the weights and the
+   hashes of every state the base saw (``state_hashes.txt``), so that runs exclude them.
+
+Every step resumes: data and the init are kept once complete, training resumes from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mgsd.config import to_dict
+from mgsd.data.generate import generate_rows
+from mgsd.data.io import read_rows, write_rows
+from mgsd.data.scenes import SCENE_TASK, scene_prompt, scene_rows, scene_target
+from mgsd.tasks import get_task, parse_levels
+
+HASHES_FILE = "state_hashes.txt"
+
+
+@dataclass
+class PretrainData:
+    frozenlake_levels: str = "3-8"
+    maze_levels: str = "3-6"
+    minibehaviour_levels: str = "5-6"
+    # Per level; small levels have only a few thousand distinct states (MiniBehaviour 5, Maze 3,
+    # FrozenLake 3: about 4-6k), and every run must still find its test, val and train states.
+    frozenlake_per_level: int = 1000
+    maze_per_level: int = 1500
+    minibehaviour_per_level: int = 1500
+    scenes: int = 16000
+    val_per_level: int = 4
+    seed: int = 1_000  # far from the run seeds (0, 1, ...), though exclusion does not rely on it
+
+
+@dataclass
+class PretrainConfig:
+    preset: str = "tiny"
+    init: str | None = None  # an earlier base to continue from (training in rounds)
+    seed: int = 0
+    data: PretrainData = field(default_factory=PretrainData)
+    steps: int = 4000
+    batch_size: int = 16
+    micro_batch_size: int = 16
+    lr: float = 2e-3
+    warmup_ratio: float = 0.03
+    compute_dtype: str = "float32"  # bfloat16 only where the CPU has it (measure first)
+    eval_every: int = 1000
+    save_every: int = 200
+    gate_per_task: int = 120
+    gate_max_new_tokens: int = 160
+    progress: bool = True
+    overrides: list[str] = field(default_factory=list)  # extra TrainConfig key=value settings
+
+
+def state_hash(key: str) -> str:
+    """The 16-hex-digit hash of a canonical state key, as listed in ``state_hashes.txt``."""
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def read_state_hashes(model_dir: str | Path) -> frozenset[str]:
+    """The pretraining state hashes shipped with a base (empty when the model has none)."""
+    f = Path(model_dir) / HASHES_FILE
+    if not f.exists():
+        return frozenset()
+    return frozenset(line.strip() for line in f.read_text().splitlines() if line.strip())
+
+
+def task_levels(data: Any, name: str) -> list[int]:
+    return parse_levels(get_task(name), getattr(data, f"{name}_levels"))
+
+
+def build_pretrain_data(cfg: PretrainConfig, out: Path) -> None:
+    """Scenes and symbolic task states (no renders) in ``out/pretrain``, a validation split of
+    unseen states in ``out/val``, and the hashes of every pretraining state."""
+    d = cfg.data
+    hashes: list[str] = []
+    for name in ("frozenlake", "maze", "minibehaviour"):
+        task, seen = get_task(name), set()
+        rows = generate_rows(
+            task,
+            task_levels(d, name),
+            getattr(d, f"{name}_per_level"),
+            split="pretrain",
+            seed=d.seed,
+            exclude=seen,
+            render=False,
+            progress=cfg.progress,
+        )
+        hashes += [state_hash(r["state"]) for r in rows]
+        write_rows(rows, out / "pretrain" / f"{name}-pretrain.parquet")
+        val = generate_rows(
+            task,
+            task_levels(d, name),
+            d.val_per_level,
+            split="val",
+            seed=d.seed,
+            exclude=seen,
+            render=False,
+            progress=False,
+        )
+        write_rows(val, out / "val" / f"{name}-val.parquet")
+    write_rows(scene_rows(d.scenes, d.seed, progress=cfg.progress), out / "pretrain" / "scenes.parquet")
+    (out / HASHES_FILE).write_text("".join(h + "\n" for h in sorted(set(hashes))))
+    (out / "COMPLETE").write_text("ok\n")
+
+
+def tokenizer_corpus(rows: Sequence[dict[str, Any]], n: int = 600) -> list[str]:
+    """Every prompt and target form of a slice of ``rows`` (tasks and scenes), so the fixed tokenizer
+    knows the texts of every stage (perception, plans, the teacher's context)."""
+    from mgsd.train.examples import build_examples
+
+    tasks = [r for r in rows if r["task"] != SCENE_TASK]
+    tasks = tasks[:: max(1, len(tasks) // n)]
+    texts = []
+    for objective in ("perception", "symbolic", "opsd"):
+        for e in build_examples(tasks, objective):
+            texts += [e.prompt, e.target or "", e.teacher_system or "", e.teacher_prompt or ""]
+    scenes = [r for r in rows if r["task"] == SCENE_TASK]
+    for r in scenes[:: max(1, len(scenes) // n)]:
+        scene = json.loads(r["state"])
+        texts += [scene_prompt(scene), scene_target(scene)]
+    return [t for t in texts if t]
+
+
+def train_settings(cfg: PretrainConfig, model: Path, out: Path, data: Path) -> dict[str, Any]:
+    return {
+        "objective": "pretrain",
+        "model": str(model),
+        "out": str(out),
+        "train_data": [str(data / "pretrain")],
+        "val_data": [str(data / "val")],
+        "max_steps": cfg.steps,
+        "batch_size": cfg.batch_size,
+        "micro_batch_size": cfg.micro_batch_size,
+        "seed": cfg.seed,
+        "compute_dtype": cfg.compute_dtype,
+        "progress": cfg.progress,
+        "eval_every": cfg.eval_every,
+        "save_every": cfg.save_every,
+        "val_samples": 48,
+        "optim": {"lr": cfg.lr, "warmup_ratio": cfg.warmup_ratio, "schedule": "cosine"},
+        "lora": {"r": 0, "train_vision": True},  # the whole model: ViT, merger and LM
+        "opsd": {"max_new_tokens": cfg.gate_max_new_tokens},
+    }
+
+
+def pretrain(cfg: PretrainConfig, out: str | Path, *, gates: bool = True) -> Path:
+    """Run (or resume) the whole pretraining; returns the finished base directory ``out/base``."""
+    from mgsd.config import apply_overrides, from_dict
+    from mgsd.models.tiny import PRESETS, init_tiny
+    from mgsd.train.checkpoint import latest_checkpoint
+    from mgsd.train.config import TrainConfig
+    from mgsd.train.trainer import train
+
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "pretrain_config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+    data = root / "data"
+    if not (data / "COMPLETE").exists():
+        print("== pretraining data", flush=True)
+        build_pretrain_data(cfg, data)
+    init = root / "init"
+    if cfg.init:
+        init = Path(cfg.init)
+    elif not (init / "config.json").exists():
+        if cfg.preset not in PRESETS:
+            raise ValueError(f"unknown preset {cfg.preset!r}; expected one of {sorted(PRESETS)}")
+        print("== init (fixed tokenizer)", flush=True)
+        corpus = tokenizer_corpus(
+            read_rows(
+                data / "pretrain",
+                columns=["id", "task", "level", "state", "image", "optimal_plan", "optimal_length"],
+            )
+        )
+        init_tiny(init, preset=cfg.preset, corpus=corpus, seed=cfg.seed)
+    run = root / "train"
+    if not (run / "model" / "config.json").exists():
+        print("== pretraining", flush=True)
+        settings = apply_overrides(train_settings(cfg, init, run, data), cfg.overrides)
+        train(from_dict(TrainConfig, settings), resume=latest_checkpoint(run / "checkpoints") is not None)
+    base = root / "base"
+    if not (base / "config.json").exists():
+        tmp = root / ".base.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(run / "model", tmp)
+        shutil.copy(data / HASHES_FILE, tmp / HASHES_FILE)
+        if cfg.init:  # a later round: the states of every earlier round count as seen too
+            earlier = read_state_hashes(cfg.init)
+            mine = read_state_hashes(tmp)
+            (tmp / HASHES_FILE).write_text("".join(h + "\n" for h in sorted(earlier | mine)))
+        tmp.rename(base)
+    if gates:
+        from mgsd.eval.gates import evaluate_gates, write_model_card
+
+        result = evaluate_gates(
+            base,
+            root / "gates",
+            per_task=cfg.gate_per_task,
+            max_new_tokens=cfg.gate_max_new_tokens,
+            seed=cfg.data.seed + 1,
+            progress=cfg.progress,
+        )
+        write_model_card(base, cfg, result, root)
+    return base
