@@ -117,14 +117,24 @@ def test_accelerate_ddp_config_is_valid_and_no_fsdp_is_shipped() -> None:
     assert not [p for p in (CONFIGS / "accelerate").iterdir() if "fsdp" in p.name.lower()]
 
 
-@pytest.mark.parametrize("name", ["default.yaml", "smoke.yaml", "extended.yaml"])
+@pytest.mark.parametrize("name", ["default.yaml", "smoke.yaml", "scratch.yaml"])
 def test_pipeline_configs_load_with_valid_stage_overrides(name: str) -> None:
     from mgsd.pipeline import PipelineConfig
 
     cfg = load_config(PipelineConfig, CONFIGS / name)  # unknown keys raise
     assert cfg.data.test_per_task >= (300 if name != "smoke.yaml" else 1)
-    for stage in (cfg.base, cfg.stage1, cfg.stage2):
+    for stage in (cfg.stage1, cfg.stage2):
         load_config(TrainConfig, None, ["objective=perception", *stage.overrides])  # bad keys raise
+    # the paper's schedules: stage 1 warms up, stage 2 keeps a constant LR
+    assert cfg.stage2.schedule == "constant"
+    assert name == "smoke.yaml" or cfg.stage1.warmup_ratio == 0.1
+
+
+def test_pretrain_config_loads() -> None:
+    from mgsd.train.pretrain import PretrainConfig
+
+    cfg = load_config(PretrainConfig, CONFIGS / "pretrain-tiny.yaml")
+    assert cfg.preset == "tiny" and cfg.steps > 0 and cfg.data.scenes > 0
 
 
 def test_pipeline_defaults_are_the_default_config() -> None:

@@ -130,7 +130,7 @@ def test_exporters(tmp_path):
     assert len(sft) == 9
     rec = sft[0]
     assert rec["messages"][0]["content"].startswith("<image>")
-    assert rec["messages"][1]["content"].startswith("1. ")
+    assert rec["messages"][1]["content"].startswith("size: ")  # the facts block
     assert (tmp_path / "lf" / rec["images"][0]).is_file()
     info = json.loads((tmp_path / "lf" / "dataset_info.json").read_text())
     assert info["mgsd_perception_sft"]["formatting"] == "sharegpt"

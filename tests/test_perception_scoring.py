@@ -1,6 +1,6 @@
 import pytest
 
-from mgsd.eval.perception import parse_section, score_perception, split_sections
+from mgsd.eval.perception import parse_section, score_perception, split_keyed, split_sections
 from mgsd.prompts import perception_target
 from mgsd.tasks import TASK_NAMES, PerceptionItem, get_task
 
@@ -17,6 +17,20 @@ def items():
 
 def test_sections_split_on_numbers():
     assert split_sections("1. a\n2) b\nmore\n3. c") == {1: "a", 2: "b\nmore", 3: "c"}
+
+
+def test_keyed_sections_match_the_facts_format():
+    text = "size: 4x4\nplayer: (3,1)\nholes: none\nmoves: right, up\nopen:\n(0,0): right\n(0,1): down, left"
+    r = score_perception(items(), text)
+    assert r["all_correct"]
+    # a key missing from a keyed answer is wrong, even if a numbered line would have matched
+    r = score_perception(items(), "size: 4x4\n2. (3,1)")
+    assert r["questions"]["size"] and not r["questions"]["player"]
+    # only the questions' own keys mark sections: "goal:" inside a value is text
+    assert split_keyed("size: 4x4\nnote: x\nplayer: (1,1)", ["size", "player"]) == {
+        "size": "4x4\nnote: x",
+        "player": "(1,1)",
+    }
 
 
 def test_exact_answers_score_all_correct():

@@ -31,6 +31,8 @@ def test_smoke_pipeline_end_to_end_and_resume(tmp_path, shared_data, capsys):
     for key in [
         ("base", "image", "test"),
         ("base", "text", "test"),
+        ("base", "teacher+plan", "test"),
+        ("base", "teacher", "test"),
         ("coldstart", "image", "test"),
         ("mgsd", "image", "test"),
         ("plan_sft", "image", "test"),
@@ -47,7 +49,7 @@ def test_smoke_pipeline_end_to_end_and_resume(tmp_path, shared_data, capsys):
     assert {"mgsd_minus_coldstart_success", "gap_closed_fraction", "mgsd_beats_coldstart"} <= set(h)
     assert set(summary["timings"]) >= {
         "data",
-        "base (symbolic SFT)",
+        "stage 1: cold-start perception SFT",
         "stage 2: MGSD on-policy self-distillation",
     }
     html = (out / "report.html").read_text()
@@ -58,6 +60,11 @@ def test_smoke_pipeline_end_to_end_and_resume(tmp_path, shared_data, capsys):
     test = {x["state"] for x in read_rows(out / "data" / "test")}
     train = {x["state"] for x in read_rows(out / "data" / "train")}
     assert not test & train
+    # nor any state the shipped base saw in pretraining; the overlap is reported
+    assert summary["overlap_with_pretraining"]["test"] == {"n": 36, "seen_in_pretraining": 0}
+    assert summary["overlap_with_pretraining"]["vsp"]["n"] == 48
+    tc = summary["teacher_competence"]
+    assert set(tc["reference_logprob"]) == {"frozenlake", "maze", "minibehaviour"}
     # A rerun finds every step complete and redoes nothing.
     capsys.readouterr()
     assert main(args) == 0

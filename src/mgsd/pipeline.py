@@ -3,17 +3,19 @@
 Steps (each skipped when its output is complete, so a rerun after a crash resumes):
 1. data: decontaminated test / val / train splits for every task (test first, then val and train
    exclude everything before them) plus optional external test sets;
-2. model: the tiny Qwen3-VL preset (or any model directory / hub id);
-3. base: with no pretrained weights here, a "base" is made by symbolic planning SFT (text state ->
-   reasoned plan), so that like a pretrained VLM it plans from text but not from pixels;
-4. stage 1 (cold start): perception SFT with LoRA on the base, saved unmerged so the base survives
-   under the adapter;
-5. stage 2 (MGSD): on-policy self-distillation from the cold-start model; the teacher is the frozen
+2. base: the shipped tiny pretrained base (``tiny-base``, made by ``mgsd pretrain``: it perceives
+   generic scenes and plans from text, never saw a task render with its state), a base pretrained
+   inside the run from scratch (``tiny`` / ``small``, the ``pretrain`` section), or any model
+   directory / hub id taken as it is (a pretrained VLM such as Qwen3-VL);
+3. stage 1 (cold start): perception SFT with LoRA on the LM and the vision tower and merger trained
+   in full, saved unmerged so the LM base survives under the adapter;
+4. stage 2 (MGSD): on-policy self-distillation from the cold-start model; the teacher is the frozen
    base (adapter disabled) reading the symbolic state (and the plan, as configured);
-6. baselines: plan SFT with the budget of stages 1 + 2, stage 2 without cold start, MGSD whose
-   teacher lacks the plan;
-7. evaluation on the held-out test split (image modality; the base also from text: the symbolic upper
-   bound), perception and modality-gap attribution; ``summary.json`` and ``report.html``.
+5. baselines: plan SFT with as many samples as stages 1 + 2, stage 2 without cold start, MGSD whose
+   teacher lacks the plan (each with MGSD's stage settings);
+6. evaluation on the held-out test split (image modality; the base also from text: the symbolic upper
+   bound, and from the teacher's context with and without the plan: the teacher's competence),
+   perception and modality-gap attribution; ``summary.json`` and ``report.html``.
 """
 
 from __future__ import annotations
@@ -26,10 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from mgsd.config import apply_overrides, from_dict, to_dict
-from mgsd.data.generate import generate_dataset
+from mgsd.data.generate import generate_dataset, read_state_hashes, state_hash
 from mgsd.data.io import read_rows
 from mgsd.eval.plans import read_jsonl, write_json
 from mgsd.tasks import get_task, parse_levels
+from mgsd.train.pretrain import PretrainConfig
 
 
 @dataclass
@@ -52,21 +55,28 @@ class StageSettings:
     micro_batch_size: int = 8
     lora_r: int = 0
     max_new_tokens: int = 256
+    schedule: str = "cosine"  # "constant" for stage 2, as the paper
+    warmup_ratio: float = 0.0
+    full_vision: bool = True  # with LoRA: the vision tower and merger train in full beside it
     overrides: list[str] = field(default_factory=list)  # extra TrainConfig key=value settings
 
 
 @dataclass
 class PipelineConfig:
-    model: str = "tiny"  # "tiny" / "small" preset, or a model directory / hub id
+    # "tiny-base": the shipped pretrained tiny base; "tiny" / "small": pretrain that preset inside the
+    # run first (the ``pretrain`` section); or a model directory / hub id, used as the base as it is.
+    model: str = "tiny-base"
     seed: int = 0
     data: DataSettings = field(default_factory=DataSettings)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     # The defaults are configs/default.yaml (a test keeps the two equal).
-    base: StageSettings = field(
-        default_factory=lambda: StageSettings(steps=500, lr=3e-3, overrides=["optim.warmup_ratio=0.03"])
+    stage1: StageSettings = field(
+        default_factory=lambda: StageSettings(steps=200, lr=1e-3, lora_r=16, warmup_ratio=0.1)
     )
-    stage1: StageSettings = field(default_factory=lambda: StageSettings(steps=150, lr=1e-3, lora_r=16))
     stage2: StageSettings = field(
-        default_factory=lambda: StageSettings(steps=50, lr=2e-4, max_new_tokens=128)
+        default_factory=lambda: StageSettings(
+            steps=60, lr=2e-4, lora_r=16, max_new_tokens=128, schedule="constant"
+        )
     )
     baselines: list[str] = field(default_factory=lambda: ["plan_sft", "opsd_no_coldstart", "mgsd_no_plan"])
     eval_max_new_tokens: int = 128
@@ -108,7 +118,10 @@ def _levels(cfg: PipelineConfig, name: str) -> list[int]:
     return parse_levels(get_task(name), getattr(cfg.data, f"{name}_levels"))
 
 
-def build_data(cfg: PipelineConfig, out: Path, external: dict[str, Path]) -> None:
+def build_data(
+    cfg: PipelineConfig, out: Path, external: dict[str, Path], seen: frozenset[str] = frozenset()
+) -> None:
+    """``seen``: state hashes of the base's pretraining, never drawn for any split."""
     d = cfg.data
     ext = list(external.values())
     for name in d.tasks:
@@ -128,6 +141,7 @@ def build_data(cfg: PipelineConfig, out: Path, external: dict[str, Path]) -> Non
                 out=out / split,
                 exclude=keys,
                 exclude_dirs=exclude_dirs,
+                exclude_hashes=seen,
                 progress=cfg.progress,
             )
     (out / "COMPLETE").write_text("ok\n")
@@ -157,19 +171,26 @@ def import_external(spec: dict[str, str], out: Path) -> dict[str, Path]:
 # -- models -------------------------------------------------------------------------------------------
 
 
-def tokenizer_corpus(train_dir: Path, n: int = 400) -> list[str]:
-    """Prompt and target texts of a slice of the training data, so the tiny tokenizer knows them."""
-    from mgsd.train.examples import build_examples
+def shipped_base() -> Path:
+    """The pretrained tiny base inside the package (``mgsd pretrain``'s result, with its model card)."""
+    import mgsd.models
 
-    rows = read_rows(
-        train_dir, columns=["id", "task", "level", "state", "image", "optimal_plan", "optimal_length"]
-    )
-    rows = rows[:: max(1, len(rows) // n)]
-    texts = []
-    for objective in ("perception", "symbolic", "opsd"):
-        for e in build_examples(rows, objective):
-            texts += [e.prompt, e.target or "", e.teacher_system or "", e.teacher_prompt or ""]
-    return [t for t in texts if t]
+    path = Path(mgsd.models.__file__).parent / "pretrained" / "tiny-base"
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"the shipped tiny base is missing ({path}): reinstall mgsd, or set model: tiny to pretrain one"
+        )
+    return path
+
+
+def overlap(data: Path, seen: frozenset[str]) -> dict[str, Any]:
+    """How many of a dataset's states the base saw in pretraining (by state hash)."""
+    rows = read_rows(data, columns=["task", "state"])
+    hits = 0
+    for r in rows:
+        task = get_task(r["task"])
+        hits += state_hash(task.dump_state(task.load_state(r["state"]))) in seen
+    return {"n": len(rows), "seen_in_pretraining": hits}
 
 
 def train_stage(
@@ -189,6 +210,7 @@ def train_stage(
         "model": str(model),
         "out": str(out),
         "train_data": [str(data / "train")],
+        "balance_tasks": True,
         "val_data": [str(data / "val")],
         "max_steps": st.steps,
         "batch_size": st.batch_size,
@@ -196,8 +218,8 @@ def train_stage(
         "seed": cfg.seed,
         "progress": cfg.progress,
         "save_every": max(10, st.steps // 5),
-        "optim": {"lr": st.lr},
-        "lora": {"r": st.lora_r},
+        "optim": {"lr": st.lr, "schedule": st.schedule, "warmup_ratio": st.warmup_ratio},
+        "lora": {"r": st.lora_r, "full_vision": st.full_vision and st.lora_r > 0},
         "opsd": {"max_new_tokens": st.max_new_tokens},
     }
     tc = from_dict(TrainConfig, apply_overrides(settings, [*extra, *st.overrides]))
@@ -216,37 +238,33 @@ def _done(model_dir: Path) -> bool:
 def run_pipeline(
     cfg: PipelineConfig, out: str | Path, external: dict[str, str] | None = None
 ) -> dict[str, Any]:
-    from mgsd.models.tiny import PRESETS, init_tiny
+    from mgsd.models.tiny import PRESETS
 
     run = Run(cfg, out)
     root = run.out
     (root / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+    m = root / "models"
+    if cfg.model == "tiny-base":
+        base = shipped_base()
+    elif cfg.model in PRESETS:  # pretrain the preset inside the run (its own data, fixed tokenizer)
+        from mgsd.train.pretrain import pretrain
+
+        pcfg = from_dict(
+            PretrainConfig, {**to_dict(cfg.pretrain), "preset": cfg.model, "progress": cfg.progress}
+        )
+        base = m / "pretrain" / "base"
+        run.stage("base: pretraining", _done(base), lambda: pretrain(pcfg, m / "pretrain"))
+    else:
+        base = Path(cfg.model)
+    seen = read_state_hashes(base)
     data = root / "data"
     ext_dirs = import_external(external or {}, data / "external")
-    run.stage("data", (data / "COMPLETE").exists(), lambda: build_data(cfg, data, ext_dirs))
+    run.stage("data", (data / "COMPLETE").exists(), lambda: build_data(cfg, data, ext_dirs, seen))
 
-    init_dir = root / "models" / "init"
-    if cfg.model in PRESETS:
-        run.stage(
-            "model init",
-            _done(init_dir),
-            lambda: init_tiny(
-                init_dir, preset=cfg.model, corpus=tokenizer_corpus(data / "train"), seed=cfg.seed
-            ),
-        )
-    else:
-        init_dir = Path(cfg.model)
-    m = root / "models"
+    budget = cfg.stage1.steps + cfg.stage2.steps
+    # (name, objective, settings, start from, output dir, extra TrainConfig settings)
     stages = [
-        ("base (symbolic SFT)", "symbolic", cfg.base, init_dir, m / "base", []),
-        (
-            "stage 1: cold-start perception SFT",
-            "perception",
-            cfg.stage1,
-            m / "base" / "model",
-            m / "coldstart",
-            [],
-        ),
+        ("stage 1: cold-start perception SFT", "perception", cfg.stage1, base, m / "coldstart", []),
         (
             "stage 2: MGSD on-policy self-distillation",
             "opsd",
@@ -256,25 +274,19 @@ def run_pipeline(
             ["opsd.teacher=base", "opsd.privileged=state+plan"],
         ),
     ]
-    budget = cfg.stage1.steps + cfg.stage2.steps
-    lora = cfg.stage1.lora_r
-    if "plan_sft" in cfg.baselines:
+    if "plan_sft" in cfg.baselines:  # as many samples as stages 1 + 2 together
         st = StageSettings(**{**to_dict(cfg.stage1), "steps": budget})
-        stages.append(
-            ("baseline: plan SFT (same budget)", "plan", st, m / "base" / "model", m / "plan_sft", [])
-        )
+        stages.append(("baseline: plan SFT (same samples)", "plan", st, base, m / "plan_sft", []))
     if "opsd_no_coldstart" in cfg.baselines:
-        # The paper's "without cold start" ablation: stage 2 as configured, started from the base
-        # (a LoRA of stage 1's rank, so that the adapter-off teacher is the base itself).
-        st = StageSettings(**{**to_dict(cfg.stage2), "lora_r": lora})
+        # The paper's "without cold start" ablation: stage 2 as configured, started from the base.
         stages.append(
             (
                 "baseline: OPSD without cold start",
                 "opsd",
-                st,
-                m / "base" / "model",
+                cfg.stage2,
+                base,
                 m / "opsd_no_coldstart",
-                ["opsd.teacher=base"],
+                ["opsd.teacher=base", "opsd.privileged=state+plan"],
             )
         )
     if "mgsd_no_plan" in cfg.baselines:
@@ -296,13 +308,17 @@ def run_pipeline(
         )
 
     models = {
-        "base": m / "base" / "model",
+        "base": base,
         "coldstart": m / "coldstart" / "model",
         "mgsd": m / "mgsd" / "model",
     }
     models.update({b: m / b / "model" for b in cfg.baselines})
     evaluate_all(cfg, run, models, data, ext_dirs)
     summary = summarize(cfg, run, models, ext_dirs)
+    summary["overlap_with_pretraining"] = {
+        name: overlap(d, seen) for name, d in {"test": data / "test", **ext_dirs}.items()
+    }
+    write_json(summary, run.out / "summary.json")
     from mgsd.report.build import build_report
 
     build_report(root)
@@ -314,6 +330,7 @@ def evaluate_all(
 ) -> None:
     from mgsd.eval.backends import GenerationConfig
     from mgsd.eval.gap import evaluate_gap
+    from mgsd.eval.gates import teacher_competence
     from mgsd.eval.local import LocalBackend
     from mgsd.eval.model import evaluate_model
 
@@ -326,6 +343,8 @@ def evaluate_all(
             jobs = [(evaluate_gap, test, out, out / "gap.json")]
         else:
             jobs = [(evaluate_model, test, out / "image", out / "image" / "metrics.json")]
+        if name == "base":  # does the privileged teacher know the answer? (the row every run reports)
+            jobs.append((teacher_competence, test, out / "teacher", out / "teacher" / "teacher.json"))
         jobs += [
             (evaluate_model, [d], out / f"external-{e}", out / f"external-{e}" / "metrics.json")
             for e, d in ext.items()
@@ -376,8 +395,10 @@ def summarize(cfg: PipelineConfig, run: Run, models: dict[str, Path], ext: dict[
         rows.append(image_row)
         if name in ("coldstart", "mgsd"):  # the paired comparison
             samples[name] = read_jsonl(base / "image" / "samples.jsonl")
-        if (base / "text" / "metrics.json").exists():
-            rows.append(_row(name, "text", json.loads((base / "text" / "metrics.json").read_text())))
+        for modality in ("text", "teacher+plan", "teacher"):
+            f = (base / "teacher" if modality.startswith("teacher") else base) / modality / "metrics.json"
+            if f.exists():
+                rows.append(_row(name, modality, json.loads(f.read_text())))
         for e in ext:
             f = base / f"external-{e}" / "metrics.json"
             if f.exists():
@@ -402,19 +423,24 @@ def summarize(cfg: PipelineConfig, run: Run, models: dict[str, Path], ext: dict[
         "mgsd_visual_success": mgsd_img,
         "gap_closed_fraction": closed,
     }
+    teacher_file = run.out / "eval" / "base" / "teacher" / "teacher.json"
     summary = {
         "rows": rows,
         "headline": headline,
+        "teacher_competence": json.loads(teacher_file.read_text()) if teacher_file.exists() else None,
         "timings": run.timings,
         "config": to_dict(cfg),
         "notes": [
-            "The base is a tiny Qwen3-VL trained from scratch on symbolic-text planning (no pretrained "
-            "weights can be downloaded here); it mimics a pretrained VLM's modality gap.",
+            "The base is the shipped tiny Qwen3-VL pretrained offline by `mgsd pretrain` (generic scenes and "
+            "planning from symbolic text; never a task render with its state): its model card has its gates.",
+            "Rows 'teacher+plan' and 'teacher' are the base answering from the stage-2 teacher's own "
+            "context (symbolic state with / without the reference plan): the teacher's competence.",
             "Macro = mean over tasks of level-balanced task scores; CIs are 95% bootstrap; the MGSD vs "
             "cold-start difference is a paired bootstrap over the same test samples.",
             "The gap closed is (MGSD image - base image) / (base text - base image), null when the base "
-            "plans no better from text than from the image. On the tiny preset at the CPU budget the "
-            "base plans poorly even from text, so these numbers test the pipeline more than the method.",
+            "plans no better from text than from the image.",
+            "plan_sft gets as many samples as stages 1 + 2 together (sample-matched, not compute-matched); "
+            "opsd_no_coldstart and mgsd_no_plan use MGSD's stage-2 settings.",
         ],
     }
     write_json(summary, run.out / "summary.json")

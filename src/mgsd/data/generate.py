@@ -26,6 +26,22 @@ def sample_seed(seed: int, task: str, split: str, level: int, attempt: int) -> i
     return int.from_bytes(digest, "little")
 
 
+def state_hash(key: str) -> str:
+    """The 16-hex-digit hash of a canonical state key (how a shipped base lists the states it saw)."""
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+HASHES_FILE = "state_hashes.txt"  # beside a pretrained base's weights: one state_hash per line
+
+
+def read_state_hashes(model_dir: str | Path) -> frozenset[str]:
+    """The training-state hashes shipped with a model (empty when it lists none)."""
+    f = Path(model_dir) / HASHES_FILE
+    if not f.exists():
+        return frozenset()
+    return frozenset(line.strip() for line in f.read_text().splitlines() if line.strip())
+
+
 def _draw(job: tuple[str, int, int, bool]) -> tuple[str, str, int, bytes]:
     """One generation attempt, fully processed: (state key, plan, plan length, PNG bytes).
 
@@ -61,6 +77,7 @@ def generate_rows(
     split: str,
     seed: int,
     exclude: set[str] | None = None,
+    exclude_hashes: frozenset[str] = frozenset(),
     render: bool = True,
     progress: bool = True,
     workers: int = 1,
@@ -93,7 +110,7 @@ def generate_rows(
                 for key, plan, length, image in results:
                     if index == per_level:
                         break  # the rest of the batch is discarded, as if never drawn
-                    if key in seen:
+                    if key in seen or (exclude_hashes and state_hash(key) in exclude_hashes):
                         duplicates += 1
                         if duplicates >= MAX_DUPLICATE_RUN:
                             raise ValueError(
@@ -134,10 +151,12 @@ def generate_dataset(
     out: str | Path,
     exclude_dirs: Sequence[str | Path] = (),
     exclude: set[str] | None = None,
+    exclude_hashes: frozenset[str] = frozenset(),
     progress: bool = True,
     workers: int | None = None,
 ) -> Path:
-    """Generate and write ``OUT/{task}-{split}.parquet`` plus a manifest; returns the file path."""
+    """Generate and write ``OUT/{task}-{split}.parquet`` plus a manifest; returns the file path.
+    ``exclude_hashes``: ``state_hash`` values never to draw (a pretrained base's training states)."""
     out = Path(out)
     keys = state_keys(task, exclude_dirs) if exclude_dirs else set()
     if exclude is not None:
@@ -150,6 +169,7 @@ def generate_dataset(
         split=split,
         seed=seed,
         exclude=keys,
+        exclude_hashes=exclude_hashes,
         progress=progress,
         workers=default_workers() if workers is None else workers,
     )
@@ -167,6 +187,7 @@ def generate_dataset(
             "seed": seed,
             "rows": len(rows),
             "excluded_states": n_excluded,
+            "excluded_state_hashes": len(exclude_hashes),
             "exclude": [str(d) for d in exclude_dirs],
         },
     )

@@ -40,10 +40,18 @@ from mgsd.eval.backends import Backend, GenerationConfig, Query, Reply
 from mgsd.eval.metrics import METRICS, score_plan, score_response
 from mgsd.eval.perception import score_perception
 from mgsd.eval.plans import data_paths, jsonl_lines, read_jsonl, write_json, write_jsonl, write_results
-from mgsd.prompts import perception_prompt, student_prompt, text_student_prompt
+from mgsd.prompts import (
+    perception_prompt,
+    student_prompt,
+    teacher_context,
+    teacher_system,
+    text_student_prompt,
+)
 from mgsd.tasks import get_task
 
-MODALITIES = ("image", "text")
+# image: the visual student; text: the text-only student (the symbolic upper bound); teacher+plan /
+# teacher: the stage-2 teacher's own context (system turn, symbolic state, with / without the plan).
+MODALITIES = ("image", "text", "teacher+plan", "teacher")
 CACHE_NAME = ".cache.jsonl"
 _COLUMNS = ["id", "task", "level", "state", "image", "optimal_plan", "optimal_length"]
 
@@ -91,6 +99,10 @@ def plan_query(sample: Mapping[str, Any], modality: str) -> Query:
         return Query(sample["id"], [student_prompt(task), decode_image(sample["image"])])
     if modality == "text":
         return Query(sample["id"], [text_student_prompt(task, task.load_state(sample["state"]))])
+    if modality in ("teacher+plan", "teacher"):
+        state = task.load_state(sample["state"])
+        plan = task.split_plan(sample["optimal_plan"]) if modality == "teacher+plan" else None
+        return Query(sample["id"], [teacher_context(task, state, plan)], system=teacher_system(task))
     raise ValueError(f"unknown modality {modality!r} (choose from {', '.join(MODALITIES)})")
 
 

@@ -103,17 +103,63 @@ def _summary(summary: Mapping[str, Any]) -> str:
             if isinstance(m, dict)
         ]
         parts.append(table(["model", "n", "macro success", "95% CI"], mrows))
+    parts.append(_teacher(summary.get("teacher_competence")))
+    parts.append(_overlap(summary.get("overlap_with_pretraining")))
     parts.append(_timings(summary.get("timings")))
     scalars = {
         k: v
         for k, v in summary.items()
-        if k not in ("notes", "rows", "models") and not isinstance(v, (dict, list))
+        if k not in ("notes", "rows", "models", "teacher_competence") and not isinstance(v, (dict, list))
     }
     if scalars:
         parts.append(
             '<p class="note">' + ", ".join(f"{esc(k)}: {esc(v)}" for k, v in scalars.items()) + "</p>"
         )
     return section("Summary", "".join(parts) or '<p class="note">summary.json is empty.</p>', "summary")
+
+
+def _teacher(tc: Any) -> str:
+    """Does the privileged teacher know the answer? Its success from its own context (the rows
+    'teacher+plan' / 'teacher' above) and the reference answer's log-prob with and without the plan."""
+    if not isinstance(tc, Mapping):
+        return ""
+    lp = tc.get("reference_logprob") or {}
+    rows = [
+        [
+            task,
+            pct(tc.get("teacher+plan", {}).get("by_task", {}).get(task, {}).get("success")),
+            pct(tc.get("teacher", {}).get("by_task", {}).get(task, {}).get("success")),
+            f"{v['with_plan']:.3f}",
+            f"{v['without_plan']:.3f}",
+            f"{v['plan_gain']:+.3f}",
+        ]
+        for task, v in lp.items()
+    ]
+    head = [
+        "task",
+        "success, state + plan",
+        "success, state only",
+        "ref. log p / token, with plan",
+        "without plan",
+        "gain",
+    ]
+    note = (
+        '<p class="note">Teacher competence (n = ' + esc(tc.get("n")) + " test samples): stage 2 can only "
+        "distil what the teacher knows; a teacher that cannot copy a given plan carries no planning "
+        "signal.</p>"
+    )
+    return note + table(head, rows)
+
+
+def _overlap(ov: Any) -> str:
+    if not isinstance(ov, Mapping) or not ov:
+        return ""
+    rows = [
+        [name, v.get("n"), v.get("seen_in_pretraining")] for name, v in ov.items() if isinstance(v, Mapping)
+    ]
+    return '<p class="note">States the base saw in pretraining, per evaluated dataset:</p>' + table(
+        ["dataset", "n", "seen in pretraining"], rows
+    )
 
 
 def _headline(h: Any) -> str:
@@ -151,13 +197,25 @@ def _headline(h: Any) -> str:
 
 
 def _result_rows(rows: list[dict[str, Any]]) -> str:
-    header = ["model", "modality", "dataset", "n", "success", "95% CI", "optimal", "progress", "perception"]
+    header = [
+        "model",
+        "modality",
+        "dataset",
+        "n",
+        "success",
+        "95% CI",
+        "optimal",
+        "progress",
+        "perception all correct",
+        "perception per question",
+    ]
     tasks = list(dict.fromkeys(t for r in rows for t in r.get("by_task", {})))
     header += [f"{t} success" for t in tasks]
     cells = []
     for r in rows:
         m = r["macro"]
         perception = r.get("perception", {}).get("all_correct")
+        per_question = r.get("perception", {}).get("question_accuracy")
         cells.append(
             [
                 r["model"],
@@ -169,6 +227,7 @@ def _result_rows(rows: list[dict[str, Any]]) -> str:
                 pct(m.get("optimal")),
                 pct(m.get("progress")),
                 pct(perception),
+                pct(per_question),
                 *[pct(r.get("by_task", {}).get(t, {}).get("success")) for t in tasks],
             ]
         )

@@ -25,7 +25,11 @@ class LoraConfig:
     alpha: int = 16
     dropout: float = 0.0
     targets: str = "all-linear"  # or a comma-separated list of module names
-    train_vision: bool = False  # the vision tower stays frozen unless asked
+    train_vision: bool = False  # the vision tower stays frozen unless asked (with LoRA: LoRA on it)
+    # With LoRA: the vision tower and merger train in full beside the LM adapter (stored with the base
+    # weights; the adapter-off teacher reads text only, so it is unaffected). For an untrained or
+    # synthetic-only vision tower, which a rank-r LoRA cannot re-purpose.
+    full_vision: bool = False
 
 
 @dataclass

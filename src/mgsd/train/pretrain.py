@@ -18,7 +18,6 @@ Every step resumes: data and the init are kept once complete, training resumes f
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from collections.abc import Sequence
@@ -27,12 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from mgsd.config import to_dict
-from mgsd.data.generate import generate_rows
+from mgsd.data.generate import HASHES_FILE, generate_rows, read_state_hashes, state_hash
 from mgsd.data.io import read_rows, write_rows
 from mgsd.data.scenes import SCENE_TASK, scene_prompt, scene_rows, scene_target
 from mgsd.tasks import get_task, parse_levels
-
-HASHES_FILE = "state_hashes.txt"
 
 
 @dataclass
@@ -68,19 +65,6 @@ class PretrainConfig:
     gate_max_new_tokens: int = 160
     progress: bool = True
     overrides: list[str] = field(default_factory=list)  # extra TrainConfig key=value settings
-
-
-def state_hash(key: str) -> str:
-    """The 16-hex-digit hash of a canonical state key, as listed in ``state_hashes.txt``."""
-    return hashlib.sha256(key.encode()).hexdigest()[:16]
-
-
-def read_state_hashes(model_dir: str | Path) -> frozenset[str]:
-    """The pretraining state hashes shipped with a base (empty when the model has none)."""
-    f = Path(model_dir) / HASHES_FILE
-    if not f.exists():
-        return frozenset()
-    return frozenset(line.strip() for line in f.read_text().splitlines() if line.strip())
 
 
 def task_levels(data: Any, name: str) -> list[int]:
@@ -208,7 +192,7 @@ def pretrain(cfg: PretrainConfig, out: str | Path, *, gates: bool = True) -> Pat
             (tmp / HASHES_FILE).write_text("".join(h + "\n" for h in sorted(earlier | mine)))
         tmp.rename(base)
     if gates:
-        from mgsd.eval.gates import evaluate_gates, write_model_card
+        from mgsd.eval.gates import evaluate_gates
 
         result = evaluate_gates(
             base,
@@ -220,3 +204,70 @@ def pretrain(cfg: PretrainConfig, out: str | Path, *, gates: bool = True) -> Pat
         )
         write_model_card(base, cfg, result, root)
     return base
+
+
+def write_model_card(base: Path, cfg: PretrainConfig, gates: dict[str, Any], root: Path) -> None:
+    """README.md beside the weights: what the base saw, how long it trained, its gates, how to rebuild."""
+    from mgsd.eval.gates import GATES, format_gates
+
+    log = [json.loads(x) for x in (root / "train" / "log.jsonl").read_text().split("\n") if x.strip()]
+    steps = [r for r in log if "step_time" in r]
+    seconds = sum(r["step_time"] for r in steps)
+    final_loss = steps[-1]["loss"] if steps else float("nan")
+    n_hashes = len(read_state_hashes(base))
+    passed = gates["passed"]
+    d = cfg.data
+    lines = [
+        "# mgsd tiny base (Qwen3-VL architecture, pretrained offline)",
+        "",
+        "The starting point `mgsd run` uses by default: a tiny Qwen3-VL that, like the paper's",
+        "Qwen3-VL-Instruct, perceives generic images and plans from a symbolic text state, but was never",
+        "shown a task render together with its state or plan. Stage 1 and stage 2 must add that.",
+        "",
+        "## Training data",
+        f"- {d.scenes:,} synthetic grid scenes (`mgsd.data.scenes`: sizes 3-8, random palettes, shapes,",
+        "  colour fills, wall bands) described as `key: value` lines with 0-based (row,col) cells;",
+        f"- symbolic planning from text: FrozenLake {d.frozenlake_levels} ({d.frozenlake_per_level}/level), "
+        f"Maze {d.maze_levels} ({d.maze_per_level}/level), MiniBehaviour {d.minibehaviour_levels} "
+        f"({d.minibehaviour_per_level}/level); prompts: the text student's (1/2), the teacher's with the "
+        "plan hint (1/4) and without (1/4); target: the reasoned answer (facts, path, `<answer>`);",
+        "- every source (scenes and each task) gets an equal share of the updates.",
+        f"- `{HASHES_FILE}`: the {n_hashes:,} state hashes (sha256 of the canonical state JSON, 16 hex",
+        "  digits) of every task state seen; `mgsd run` excludes them from its splits and reports the",
+        "  overlap of external test sets with them.",
+        "",
+        "## Training",
+        f"- full fine-tune (ViT, merger, LM) from {'the base ' + cfg.init if cfg.init else 'random init'}: "
+        f"{len(steps)} steps x batch {cfg.batch_size}, AdamW lr {cfg.lr}, warmup {cfg.warmup_ratio}, "
+        "cosine, "
+        f"compute dtype {cfg.compute_dtype} (fp32 master weights), seed {cfg.seed};",
+        f"- {seconds / 60:.0f} min of steps on 2 CPU cores; final training loss {final_loss:.3f} nats/token.",
+        "",
+        f"## Gates (held-out states, {gates['teacher']['n']} per condition, greedy)",
+        "",
+        *format_gates(gates),
+        "",
+        f"- copy (teacher context with the plan) >= {100 * GATES['copy_per_task']:.0f}% on every task: "
+        f"{'pass' if passed['copy_per_task'] else 'FAIL'}",
+        f"- text macro >= {100 * GATES['text_macro']:.0f}%: {'pass' if passed['text_macro'] else 'FAIL'}",
+        f"- image macro <= {GATES['image_over_text']} x text macro: "
+        f"{'pass' if passed['image_over_text'] else 'FAIL'}",
+        "",
+        "Reference answer log-prob per token, teacher context with / without the plan:",
+        "",
+        "| task | with plan | without plan | gain |",
+        "|---|---|---|---|",
+    ]
+    for task, v in (gates["teacher"].get("reference_logprob") or {}).items():
+        lines.append(f"| {task} | {v['with_plan']:.3f} | {v['without_plan']:.3f} | {v['plan_gain']:+.3f} |")
+    lines += [
+        "",
+        "## Rebuild",
+        "",
+        "```bash",
+        "mgsd pretrain --config configs/pretrain-tiny.yaml --out runs/pretrain   # resumable",
+        "```",
+        "",
+        "License: MIT, as the project. Made by mgsd's own code; no external weights or data.",
+    ]
+    (base / "README.md").write_text("\n".join(lines) + "\n")

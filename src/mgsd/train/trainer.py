@@ -95,6 +95,8 @@ class Trainer:
         else:
             self.bb.model.requires_grad_(True)
             self.bb.set_vision_trainable(cfg.lora.train_vision)
+        if self.bb.has_lora and cfg.lora.full_vision:
+            self.bb.set_vision_trainable(True)
         self.params = {n: p for n, p in self.bb.model.named_parameters() if p.requires_grad}
         if not self.params:
             raise ValueError("nothing to train: every parameter is frozen")
