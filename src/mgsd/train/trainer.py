@@ -48,6 +48,19 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     return (seed * 1_000_003 + step * 7919 + rank) % (2**63 - 1)
 
 
+def epoch_order(n: int, key: str, groups: Sequence[Sequence[int]] | None = None) -> list[int]:
+    """One epoch's order of ``n`` examples, seeded by ``key`` (seed, objective, epoch), so stages
+    started from one another never walk the data in the same order. With ``groups`` (the example
+    indices of each task) every task gets an equal share: tasks take turns, each walking its own
+    permutation and cycling when it runs out (the epoch is as long as the largest task makes it)."""
+    gen = torch.Generator().manual_seed(zlib.crc32(key.encode()))
+    if groups is None:
+        return torch.randperm(n, generator=gen).tolist()
+    perms = [[g[i] for i in torch.randperm(len(g), generator=gen).tolist()] for g in groups]
+    longest = max(len(p) for p in perms)
+    return [p[j % len(p)] for j in range(longest) for p in perms]
+
+
 def _spread(rows: Sequence[dict[str, Any]], n: int) -> list[dict[str, Any]]:
     """At most ``n`` rows, tasks taking turns (a file-order prefix would be all FrozenLake)."""
     by_task: dict[str, list[dict[str, Any]]] = {}
@@ -212,25 +225,11 @@ class Trainer:
         return out
 
     def _epoch_order(self, epoch: int) -> list[int]:
-        """One epoch's example order, seeded by (seed, objective, epoch) so that stages started from
-        one another never walk the data in the same order. With ``balance_tasks`` every task gets an
-        equal share: tasks take turns, each walking its own permutation and cycling when it runs out
-        (an epoch is as long as the largest task allows)."""
-        if self._order_cache and self._order_cache[0] == epoch:
-            return self._order_cache[1]
-        seed = zlib.crc32(f"{self.cfg.seed}/{self.cfg.objective}/{epoch}".encode())
-        gen = torch.Generator().manual_seed(seed)
-        if not self.cfg.balance_tasks:
-            order = torch.randperm(len(self.train), generator=gen).tolist()
-        else:
-            perms = [
-                [idx[i] for i in torch.randperm(len(idx), generator=gen).tolist()]
-                for idx in self._task_index.values()
-            ]
-            longest = max(len(p) for p in perms)
-            order = [p[j % len(p)] for j in range(longest) for p in perms]
-        self._order_cache = (epoch, order)
-        return order
+        if not self._order_cache or self._order_cache[0] != epoch:
+            key = f"{self.cfg.seed}/{self.cfg.objective}/{epoch}"
+            groups = list(self._task_index.values()) if self.cfg.balance_tasks else None
+            self._order_cache = (epoch, epoch_order(len(self.train), key, groups))
+        return self._order_cache[1]
 
     def _local(self, batch: Sequence[Example]) -> list[Example]:
         per = len(batch) // self.world
