@@ -51,7 +51,7 @@ def kind_of(q: Query) -> str:
     """Which run a query belongs to: planning from the image or from text, or perception."""
     if not any(isinstance(p, Image.Image) for p in q.user):
         return "text"
-    return "perception" if q.user[0].startswith("Questions about") else "image"
+    return "perception" if q.user[0].startswith("Describe the") else "image"
 
 
 class Canned:

@@ -95,7 +95,9 @@ def test_lora_save_merged_and_unmerged(tiny_dir: Path, tmp_path: Path) -> None:
     assert kept.has_lora and kept.num_parameters(trainable_only=True) > 0
     torch.testing.assert_close(_logits(kept), adapted, atol=1e-5, rtol=0)
     with kept.teacher():
-        assert torch.equal(_logits(kept), base)
+        # the base's weights exactly; the logits to float rounding (peft's disabled-adapter path may
+        # take another matmul kernel than the plain model on CPUs with AMX)
+        torch.testing.assert_close(_logits(kept), base, atol=1e-5, rtol=0)
     # The live adapter was not merged away by saving.
     assert torch.equal(_logits(bb), adapted)
     # Overwriting an existing directory is atomic and leaves no temporary siblings behind.
