@@ -530,7 +530,7 @@ class Backbone:
     def set_vision_trainable(self, trainable: bool) -> Backbone:
         """Full fine-tuning: (un)freeze the vision tower and merger (no-op for LoRA weights)."""
         for name, param in self.model.named_parameters():
-            if lora_lib._is_vision(name) and "lora_" not in name:
+            if lora_lib.is_vision(name) and "lora_" not in name:
                 param.requires_grad_(trainable)
         return self
 

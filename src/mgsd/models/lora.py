@@ -22,7 +22,7 @@ _VISION_PARTS = ("visual", "vision_tower", "vision_model", "multi_modal_projecto
 _LORA_KEY = re.compile(r"\.lora_(A|B|embedding_A|embedding_B|magnitude_vector)\.")
 
 
-def _is_vision(name: str) -> bool:
+def is_vision(name: str) -> bool:
     return any(part in _VISION_PARTS for part in name.split("."))
 
 
@@ -39,7 +39,7 @@ def lora_target_modules(
     for name, module in model.named_modules():
         if not isinstance(module, nn.Linear) or name.split(".")[-1] == "lm_head":
             continue
-        if _is_vision(name) and not train_vision:
+        if is_vision(name) and not train_vision:
             continue
         if short is not None and name.split(".")[-1] not in short:
             continue

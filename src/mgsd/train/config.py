@@ -17,6 +17,10 @@ class OptimConfig:
     schedule: Literal["constant", "cosine", "linear"] = "cosine"
     warmup_ratio: float = 0.0
     max_grad_norm: float = 1.0  # 0 disables clipping
+    # The vision tower and merger's lr is ``lr * vision_lr_scale``. A from-scratch ViT trained at the
+    # LM's lr collapses: its tokens become one huge constant vector (norm ~600, cosine 1.0 between
+    # cells) and the LM learns to ignore the image.
+    vision_lr_scale: float = 1.0
 
 
 @dataclass

@@ -33,6 +33,7 @@ from mgsd.config import to_dict
 from mgsd.data.io import read_rows
 from mgsd.eval.metrics import aggregate, score_response
 from mgsd.eval.perception import score_perception
+from mgsd.models import lora as lora_lib
 from mgsd.models.backbone import Backbone
 from mgsd.models.context import Context
 from mgsd.tasks import get_task
@@ -135,8 +136,14 @@ class Trainer:
         steps_per_epoch = max(1, self._epoch_len // cfg.batch_size)
         self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
         o = cfg.optim
+        vision = [p for n, p in self.params.items() if lora_lib.is_vision(n) and "lora_" not in n]
+        ids = {id(p) for p in vision}
+        groups = [{"params": [p for p in self.params.values() if id(p) not in ids], "lr_scale": 1.0}]
+        if vision:
+            groups.append({"params": vision, "lr_scale": o.vision_lr_scale})
+        groups = [g for g in groups if g["params"]]
         self.opt = torch.optim.AdamW(
-            list(self.params.values()), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay
+            groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay
         )
         self.step = 0
         self.best: float | None = None
@@ -404,7 +411,7 @@ class Trainer:
                 )
             lr = self._lr(step)
             for group in self.opt.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group["lr_scale"]
             self.opt.step()
             self.opt.zero_grad(set_to_none=True)
             if cfg.objective == "opsd" and cfg.opsd.teacher == "ema":
