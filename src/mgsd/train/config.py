@@ -86,6 +86,8 @@ class TrainConfig:
     keep_last: int = 2
     progress: bool = True
     save_merged: bool = False  # LoRA: fold the adapter into the saved model (else keep base + adapter/)
+    # Pretraining only: weight of the dense per-token grounding loss on scene images (train/dense.py).
+    dense_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.micro_batch_size < 1:

@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from mgsd.config import to_dict
 from mgsd.data.io import read_rows
+from mgsd.data.scenes import SCENE_TASK
 from mgsd.eval.metrics import aggregate, score_response
 from mgsd.eval.perception import score_perception
 from mgsd.models import lora as lora_lib
@@ -40,6 +41,7 @@ from mgsd.tasks import get_task
 from mgsd.train import objectives as obj
 from mgsd.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from mgsd.train.config import TrainConfig
+from mgsd.train.dense import DenseHead, VisualTap, scene_token_labels, visual_module
 from mgsd.train.examples import Example, build_examples
 
 _TRAIN_COLUMNS = ["id", "task", "level", "state", "image", "optimal_plan", "optimal_length"]
@@ -115,6 +117,14 @@ class Trainer:
         if not self.params:
             raise ValueError("nothing to train: every parameter is frozen")
         self.teacher = self._make_teacher() if cfg.objective == "opsd" else None
+        self.dense: tuple[DenseHead, VisualTap] | None = None
+        if cfg.dense_weight > 0:
+            if cfg.objective != "pretrain":
+                raise ValueError("dense_weight is for the pretrain objective (scene images) only")
+            head = DenseHead(int(self.bb.model.config.text_config.hidden_size)).to(self.acc.device)
+            self.dense = (head, VisualTap(visual_module(self.bb.model)))
+            # In self.params so that checkpoints and resume carry it; never part of the saved model.
+            self.params |= {f"dense_head.{n}": p for n, p in head.named_parameters()}
 
         rows = read_rows(cfg.train_data, columns=_TRAIN_COLUMNS)
         self.train = build_examples(rows, cfg.objective, privileged=cfg.opsd.privileged)
@@ -271,14 +281,40 @@ class Trainer:
         """Cross-entropy on the target tokens, normalised by the global number of target tokens."""
         targets = self.bb.encode_responses([e.target or "" for e in exs])
         n_tokens = self._sum_all(float(sum(len(t) for t in targets)))
-        loss_sum = 0.0
+        n_images = self._sum_all(float(sum(e.image is not None for e in exs)))
+        loss_sum, dense_acc = 0.0, []
         for idx in self._chunks(len(exs), exs):
             ctx = self._encode_student([exs[i] for i in idx])
             lp, mask = self.bb.token_logprobs(ctx, [targets[i] for i in idx], grad=True)
             loss = -obj.masked_mean(lp, mask, n_tokens)
+            if self.dense is not None and exs[idx[0]].image is not None:
+                dense, acc = self._dense_loss([exs[i] for i in idx], ctx)
+                loss = loss + self.cfg.dense_weight * dense * len(idx) / n_images
+                dense_acc.append(acc)
             loss.backward()
             loss_sum += float(loss.detach()) * n_tokens
-        return {"loss": self._sum_all(loss_sum) / n_tokens, "target_tokens": n_tokens}
+        logs = {"loss": self._sum_all(loss_sum) / n_tokens, "target_tokens": n_tokens}
+        for name in {k for a in dense_acc for k in a}:
+            vals = [a[name] for a in dense_acc if name in a]
+            logs[f"dense_{name}_acc"] = sum(vals) / len(vals)
+        return logs
+
+    def _dense_loss(self, exs: Sequence[Example], ctx: Context) -> tuple[torch.Tensor, dict[str, float]]:
+        """The dense grounding loss of one image micro-batch (scene images only)."""
+        assert self.dense is not None
+        head, tap = self.dense
+        merge = int(getattr(self.bb.model.config.vision_config, "spatial_merge_size", 2))
+        grids = ctx.extras["image_grid_thw"].tolist()
+        labels = []
+        for e, (_, h, w) in zip(exs, grids, strict=True):
+            if e.task != SCENE_TASK:
+                raise ValueError(f"dense grounding needs scene images, got {e.id}")
+            labels.append(scene_token_labels(json.loads(e.state), h // merge, w // merge))
+        tokens = tap.take()
+        target = torch.cat(labels).to(tokens.device)
+        if tokens.shape[0] != target.shape[0]:
+            raise RuntimeError(f"{tokens.shape[0]} visual tokens but {target.shape[0]} dense labels")
+        return head.loss(tokens, target)
 
     def _opsd_step(self, exs: list[Example]) -> dict[str, float]:
         """On-policy self-distillation: the student samples from the image; the teacher scores those
