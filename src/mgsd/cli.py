@@ -53,9 +53,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
-    from mgsd.data.importers import import_visualplanning, import_vsp
-
-    from mgsd.data.importers import manifest_path
+    from mgsd.data.importers import import_visualplanning, import_vsp, manifest_path
 
     if args.source == "vsp":
         path = import_vsp(args.path, args.out, skip_bad=args.skip_bad)

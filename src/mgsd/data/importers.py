@@ -150,9 +150,7 @@ def _check_vsp(state: dict[str, Any], pure_text: str, image: bytes, log: ImportL
     log.count("png")
 
 
-def import_vsp(
-    folder: str | Path, out: str | Path, *, progress: bool = True, skip_bad: bool = False
-) -> Path:
+def import_vsp(folder: str | Path, out: str | Path, *, progress: bool = True, skip_bad: bool = False) -> Path:
     """A VSP FrozenLake maps folder (``level{L}/{img,table,pure_text}/{k}.*``), keeping its PNGs.
 
     The table gives the state (VSP's own start and goal); it must agree with ``pure_text`` and with
