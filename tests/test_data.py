@@ -112,7 +112,8 @@ def test_import_visualplanning(shared_data, tmp_path, name):
     for r, line in zip(rows, lines, strict=True):
         # VisualPlanning's input_state is the optimal trajectory: its length - 1 is the optimal plan length.
         assert r["optimal_length"] == len(line["input_state"]) - 1
-        assert r["id"] == f"visualplanning/{name}/{line['meta'].get('idx', lines.index(line))}"
+        tail = line["meta"].get("idx", f"line{lines.index(line) + 1}")
+        assert r["id"] == f"visualplanning/{name}/level{line['meta']['level']}/{tail}"
 
 
 def test_import_visualplanning_rejects_wrong_task(shared_data, tmp_path):
