@@ -610,3 +610,26 @@ def test_benchmark_cli_uses_the_papers_token_budgets(shared_data, tmp_path, monk
     out = capsys.readouterr().out
     assert "| minibehaviour | 5 | 1 |" in out and "benchmark.md" in out
     assert main(["eval", "benchmark", "--model", "m", "--out", str(tmp_path / "c")]) == 2
+
+
+def test_benchmark_gap_attributes_each_failure(shared_data, tmp_path):
+    sources = {"visualplanning-minibehaviour": minibehaviour_two_levels(shared_data, tmp_path)}
+    cache = tmp_path / "cache"
+    answers = _oracle(sources, cache)
+    answers["visualplanning/minibehaviour/level6/28"] = "<answer>DROP</answer>"
+    result = run_benchmark(
+        ScriptedBackend(answers),
+        sources,
+        tmp_path / "out",
+        limit=2,
+        cache_dir=cache,
+        gap=True,
+        progress=False,
+    )
+    out = tmp_path / "out" / "visualplanning-minibehaviour"
+    assert all((out / run / "samples.jsonl").is_file() for run in ("image", "text", "perception"))
+    counts = result["gap"]["total"]["counts"]
+    # the scripted answers are plans, never perception answers: the one failure is "both"
+    assert counts["solved"] == 3 and counts["perception_and_reasoning"] == 1
+    assert result["metrics"]["success"] == 0.75
+    assert "Modality-gap attribution" in (tmp_path / "out" / "benchmark.md").read_text()

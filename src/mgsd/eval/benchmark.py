@@ -43,6 +43,7 @@ from mgsd.data.importers import (
 )
 from mgsd.data.io import DataError, decode_image, png_bytes, read_rows, write_rows
 from mgsd.eval.backends import Backend, GenerationConfig
+from mgsd.eval.gap import evaluate_gap, format_gap, gap_table
 from mgsd.eval.metrics import aggregate
 from mgsd.eval.model import evaluate_model, load_samples
 from mgsd.eval.plans import read_jsonl, write_json
@@ -264,7 +265,14 @@ def format_table(result: Mapping[str, Any]) -> str:
         f"max {g['max_new_tokens']} new tokens; request failures {result['request_failures']}, "
         f"truncated responses {result['truncated']}"
     )
-    return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
+    text = "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
+    if "gap" in result:
+        text += (
+            "\nModality-gap attribution (percent of samples):\n\n```\n"
+            + format_gap(result["gap"])
+            + "\n```\n"
+        )
+    return text
 
 
 # -- the whole benchmark ------------------------------------------------------------------------------
@@ -299,10 +307,15 @@ def run_benchmark(
     cache_dir: str | Path | None = None,
     seen: Sequence[str | Path] = (),
     skip_bad: bool = False,
+    gap: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate ``backend`` on the given external sets (``{"vsp": DIR, "visualplanning-maze": FILE,
-    ...}``, any subset) and write OUT/benchmark.json and OUT/benchmark.md; returns the JSON."""
+    ...}``, any subset) and write OUT/benchmark.json and OUT/benchmark.md; returns the JSON.
+
+    ``gap``: also plan from the text state and answer the perception questions on the same samples
+    (``mgsd eval gap`` per set: OUT/{set}/{image,text,perception}) and attribute every image failure
+    to perception or reasoning; the table is then read from the image run."""
     if not sources:
         raise ValueError(
             "give at least one test set (--vsp, --visualplanning-maze, --visualplanning-minibehaviour)"
@@ -319,6 +332,7 @@ def run_benchmark(
     hashes, hash_sources = seen_states(None if api else model, seen)
     known = bool(hash_sources)
     all_rows: list[dict[str, Any]] = []
+    gap_rows: list[dict[str, Any]] = []
     sets: dict[str, Any] = {}
     failures = truncated = 0
     for p in prepared:
@@ -326,18 +340,16 @@ def run_benchmark(
         run_dir = out / run_name
         _stamp(run_dir, {"set": p.name, "source": p.source, "content_hash": p.content_hash, "view": p.view})
         samples = load_samples([p.data], limit=limit)
-        metrics = evaluate_model(
-            backend,
-            [p.data],
-            run_dir,
-            model=model,
-            gen=gen,
-            batch_size=batch_size,
-            limit=limit,
-            progress=progress,
-            samples=samples,
-        )
-        all_rows.extend(read_jsonl(run_dir / "samples.jsonl"))
+        common = {"model": model, "gen": gen, "batch_size": batch_size, "limit": limit, "progress": progress}
+        if gap:
+            evaluate_gap(backend, [p.data], run_dir, **common)
+            gap_rows.extend(read_jsonl(run_dir / "gap_samples.jsonl"))
+            image_dir = run_dir / "image"
+            metrics = json.loads((image_dir / "metrics.json").read_text())
+        else:
+            image_dir = run_dir
+            metrics = evaluate_model(backend, [p.data], run_dir, samples=samples, **common)
+        all_rows.extend(read_jsonl(image_dir / "samples.jsonl"))
         failures += metrics["request_failures"]
         truncated += metrics["truncated"]
         sets[run_name] = {
@@ -371,6 +383,8 @@ def run_benchmark(
         "truncated": truncated,
         "mgsd_version": __version__,
     }
+    if gap:
+        result["gap"] = gap_table(gap_rows)
     table = format_table(result)
     (out / "benchmark.md").write_text(table)
     write_json(result, out / "benchmark.json")

@@ -76,6 +76,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "(a local --model's own state_hashes.txt is always used)",
     )
     eb.add_argument("--skip-bad", action="store_true", help="skip source rows that cannot be imported")
+    eb.add_argument(
+        "--gap",
+        action="store_true",
+        help="also plan from text and answer perception questions: attribute failures (3x the queries)",
+    )
     api = eb.add_argument_group("OpenAI-compatible API backend")
     api.add_argument("--api-base")
     api.add_argument("--api-model")
@@ -288,6 +293,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         seen=args.seen,
         skip_bad=args.skip_bad,
+        gap=args.gap,
         progress=not args.quiet,
     )
     print(format_table(result), end="")
