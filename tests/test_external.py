@@ -307,10 +307,20 @@ def test_bad_rows_are_one_clear_error_or_counted_with_skip_bad(shared_data, tmp_
     with pytest.raises(DataError, match=r"bad\.jsonl:3: not a VisualPlanning minibehaviour row"):
         import_visualplanning(src, "minibehaviour", tmp_path / "out", progress=False)
     src2 = _write_jsonl(tmp_path / "bad2.jsonl", [rows[0], short])
-    with pytest.raises(
-        DataError, match=r"bad2\.jsonl:2: input_state implies \d+ action\(s\), the solver finds \d+"
-    ):
+    with pytest.raises(DataError, match=r"bad2\.jsonl:2: input_state does not replay on the parsed state"):
         import_visualplanning(src2, "minibehaviour", tmp_path / "out", progress=False)
+    # a trajectory that contradicts the state (the printer moved) is a misread row, not a sample
+    moved = dict(rows[0], meta=dict(rows[0]["meta"], printer_pos=[0, 4]))
+    bad3 = _write_jsonl(tmp_path / "bad3.jsonl", [moved])
+    with pytest.raises(DataError, match=r"bad3\.jsonl:1: input_state does not replay"):
+        import_visualplanning(bad3, "minibehaviour", tmp_path / "o", progress=False)
+    # a valid reference longer than the optimum is kept and counted (the BFS optimum is what we score)
+    first = rows[0]["input_state"]  # starts at (2,4), level 5; (1,4) is free
+    longer = dict(rows[0], input_state=[first[0], [[1, 4], False], *first])
+    path = import_visualplanning(
+        _write_jsonl(tmp_path / "long.jsonl", [longer]), "minibehaviour", tmp_path / "l", progress=False
+    )
+    assert json.loads(manifest_path(path).read_text())["checks"]["input_state_longer_than_optimal"] == 1
     assert (
         main(
             [

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import itertools
 import json
 import re
 from collections.abc import Iterable
@@ -218,15 +219,50 @@ def _literal(value: Any) -> Any:
     return value
 
 
-def _check_visualplanning(record: dict[str, Any], meta: dict[str, Any], optimal: int, log: ImportLog) -> None:
-    """The optimal plan length must be what the row's own ``input_state`` (the optimal trajectory,
-    start included) and ``distance_map`` (distance to the target by flat cell id) say."""
+_DELTA = {(-1, 0): "U", (1, 0): "D", (0, -1): "L", (0, 1): "R"}
+
+
+def _trajectory_actions(task_name: str, states: list[Any], size: int) -> list[str]:
+    """The actions of a VisualPlanning ``input_state`` trajectory: flat cell ids (FrozenLake, Maze) or
+    ``[[r, c], carrying]`` pairs (MiniBehaviour, where a carrying flip in place is PICK or DROP)."""
+    if task_name == "minibehaviour":
+        cells = [((int(s[0][0]), int(s[0][1])), bool(s[1])) for s in states]
+    else:
+        cells = [(divmod(int(s), size), False) for s in states]
+    actions = []
+    for ((r0, c0), k0), ((r1, c1), k1) in itertools.pairwise(cells):
+        if (r0, c0) == (r1, c1) and k0 != k1:
+            actions.append("PICK" if k1 else "DROP")
+        elif (r1 - r0, c1 - c0) in _DELTA and k0 == k1:
+            actions.append(_DELTA[(r1 - r0, c1 - c0)])
+        else:
+            raise ValueError(f"input_state steps from {(r0, c0)} to {(r1, c1)}: not one action")
+    return actions
+
+
+def _check_visualplanning(
+    record: dict[str, Any], meta: dict[str, Any], state: dict[str, Any], optimal: int, log: ImportLog
+) -> None:
+    """The parsed state must agree with the row's own data: its ``input_state`` (the reference
+    trajectory, start included) must replay to success through our simulator, and ``distance_map`` (the
+    BFS distance to the target by flat cell id) must give the start our optimal length."""
+    task = get_task(log.task)
     if "input_state" in record:
         states = _literal(record["input_state"])
         if not isinstance(states, list) or len(states) < 2:
             raise ValueError("input_state is not a trajectory of >= 2 states")
-        if len(states) - 1 != optimal:
-            raise ValueError(f"input_state implies {len(states) - 1} action(s), the solver finds {optimal}")
+        try:
+            actions = _trajectory_actions(task.name, states, task.level_of(state))
+        except (TypeError, IndexError, ValueError) as exc:
+            raise ValueError(f"input_state cannot be read as a trajectory ({exc})") from None
+        run = task.rollout(state, actions)
+        if not run.success or run.trailing:
+            raise ValueError(
+                f"input_state does not replay on the parsed state (ends {run.reason or 'early'} "
+                f"after {run.steps} of {len(actions)} actions)"
+            )
+        if len(actions) != optimal:  # a valid but longer reference: ours (BFS) is the optimum
+            log.count("input_state_longer_than_optimal")
         log.count("input_state")
     dmap = meta.get("distance_map")
     if isinstance(dmap, dict) and "start_pos" in meta:
@@ -281,7 +317,7 @@ def import_visualplanning(
                 )
             row = _row(task.name, state, png_bytes(task.render(state)), sample_id, "visualplanning")
             try:
-                _check_visualplanning(record, meta, row["optimal_length"], log)
+                _check_visualplanning(record, meta, state, row["optimal_length"], log)
             except (ValueError, TypeError) as exc:
                 raise DataError(f"{path}:{lineno}: {exc}") from None
         except DataError as exc:
