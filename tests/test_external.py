@@ -643,3 +643,14 @@ def test_benchmark_gap_attributes_each_failure(shared_data, tmp_path):
     assert counts["solved"] == 3 and counts["perception_and_reasoning"] == 1
     assert result["metrics"]["success"] == 0.75
     assert "Modality-gap attribution" in (tmp_path / "out" / "benchmark.md").read_text()
+
+
+def test_vsp_table_parser_refuses_incomplete_tables():
+    fl = get_task("frozenlake")
+    head = "| | Col 1 | Col 2 | Col 3 |"
+    rows = ["| Row 1 | @ | _ | _ |", "| Row 2 | _ | * | _ |", "| Row 3 | _ | # | # |"]
+    assert fl.from_vsp_table("\n".join([head, rows[2], rows[0], rows[1]])) == {"grid": ["SFF", "FGF", "FHH"]}
+    with pytest.raises(ValueError, match=r"rows are numbered \[1, 3\], expected 1..2"):
+        fl.from_vsp_table("\n".join([head, rows[0], rows[2]]))
+    with pytest.raises(ValueError, match="header has 3 columns for 2 rows"):
+        fl.from_vsp_table("\n".join([head, "| Row 1 | @ | _ |", "| Row 2 | _ | * |"]))

@@ -69,6 +69,7 @@ class PreparedSet:
     data: Path  # the dataset of the chosen image view
     view: str  # "original" (the source's own images), "rerender" (ours) or "render" (VisualPlanning)
     skipped: int  # rows the import skipped (skip_bad)
+    checks: dict[str, int]  # the import's consistency checks: name -> rows checked
 
 
 def default_cache_dir() -> Path:
@@ -132,7 +133,7 @@ def prepare_set(
             import_visualplanning(src, task, raw, progress=progress, skip_bad=skip_bad)
         (raw / "COMPLETE").write_text("ok\n")
     (parquet,) = sorted(raw.glob("*.parquet"))
-    skipped = len(json.loads(manifest_path(parquet).read_text())["skipped"])
+    log = json.loads(manifest_path(parquet).read_text())
     if name == "vsp":
         view = "rerender" if rerender else "original"
         data = base / view
@@ -141,7 +142,7 @@ def prepare_set(
             (data / "COMPLETE").write_text("ok\n")
     else:  # VisualPlanning has no images of its own: the import is our render already
         view, data = "render", raw
-    return PreparedSet(name, task, str(src.resolve()), key, data, view, skipped)
+    return PreparedSet(name, task, str(src.resolve()), key, data, view, len(log["skipped"]), log["checks"])
 
 
 # -- overlap with training states -------------------------------------------------------------------
@@ -257,6 +258,9 @@ def format_table(result: Mapping[str, Any]) -> str:
         ov = s["overlap"]["seen_in_training"]
         seen = "unknown (no training states given)" if ov is None else f"{ov} of {s['overlap']['n']}"
         notes.append(f"- {name}: {s['task']}, view {s['view']}, test states seen in training: {seen}")
+        if s["import_checks"]:
+            checks = ", ".join(f"{k} {v}" for k, v in sorted(s["import_checks"].items()))
+            notes.append(f"  import checks (rows): {checks}")
         if s["skipped_rows"]:
             notes.append(f"  ({s['skipped_rows']} source row(s) skipped as bad at import)")
     g = result["generation"]
@@ -359,6 +363,7 @@ def run_benchmark(
             "view": p.view,
             "n": metrics["n"],
             "skipped_rows": p.skipped,
+            "import_checks": p.checks,
             "overlap": overlap(samples, hashes, known),
             "results": str(run_dir),
         }
