@@ -18,6 +18,7 @@ from mgsd.data.io import DataError, read_rows, write_rows
 from mgsd.eval.backends import GenerationConfig, Reply
 from mgsd.eval.benchmark import prepare_set, run_benchmark
 from mgsd.eval.metrics import score_response
+from mgsd.eval.plans import read_jsonl
 from mgsd.tasks import get_task
 
 MOVE = {"U": (-1, 0), "D": (1, 0), "L": (0, -1), "R": (0, 1)}
@@ -654,3 +655,46 @@ def test_vsp_table_parser_refuses_incomplete_tables():
         fl.from_vsp_table("\n".join([head, rows[0], rows[2]]))
     with pytest.raises(ValueError, match="header has 3 columns for 2 rows"):
         fl.from_vsp_table("\n".join([head, "| Row 1 | @ | _ |", "| Row 2 | _ | * |"]))
+
+
+class ImageEcho(ScriptedBackend):
+    """Answers with a plan chosen by a hash of the image pixels: equal answers mean equal images."""
+
+    def generate(self, queries, cfg):
+        import hashlib
+
+        from PIL import Image
+
+        replies = []
+        for q in queries:
+            img = next(x for x in q.user if isinstance(x, Image.Image))
+            h = hashlib.sha256(img.tobytes() + str(img.size).encode()).digest()[0]
+            replies.append(Reply(f"<answer>{'LDRU'[h % 4]}{'LDRU'[h // 4 % 4]}</answer>", tokens=2))
+        return replies
+
+
+def test_run_external_rows_equal_the_benchmark_at_the_same_settings(shared_data, tmp_path):
+    from mgsd.eval.model import evaluate_model
+    from mgsd.pipeline import import_external
+
+    spec = {"vsp": str(shared_data / "vsp_examples")}
+    gen = GenerationConfig(max_new_tokens=16)
+    dirs = import_external(spec, tmp_path / "run" / "external")  # what `mgsd run` evaluates
+    run = evaluate_model(ImageEcho({}), [dirs["vsp"]], tmp_path / "run-eval", gen=gen, progress=False)
+    bench = run_benchmark(
+        ImageEcho({}), spec, tmp_path / "bench", gen=gen, cache_dir=tmp_path / "c", progress=False
+    )
+    a = {r["id"]: r["response"] for r in read_jsonl(tmp_path / "run-eval" / "samples.jsonl")}
+    b = {r["id"]: r["response"] for r in read_jsonl(tmp_path / "bench" / "vsp" / "samples.jsonl")}
+    assert a == b and len(set(a.values())) > 1  # same images, hence the same answers
+    assert bench["metrics"]["by_task_level"] == run["by_task_level"]
+    rerender = run_benchmark(
+        ImageEcho({}),
+        spec,
+        tmp_path / "bench",
+        gen=gen,
+        cache_dir=tmp_path / "c",
+        rerender=True,
+        progress=False,
+    )
+    assert rerender["sets"]["vsp-rerender"]["n"] == 48

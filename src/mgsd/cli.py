@@ -56,7 +56,9 @@ def _cmd_import(args: argparse.Namespace) -> int:
     from mgsd.data.importers import import_visualplanning, import_vsp, manifest_path
 
     if args.source == "vsp":
-        path = import_vsp(args.path, args.out, skip_bad=args.skip_bad)
+        path = import_vsp(
+            args.path, args.out, skip_bad=args.skip_bad, image_size=None if args.keep_size else 256
+        )
     else:
         if not args.task:
             raise ValueError("import visualplanning needs --task")
@@ -138,6 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--out", required=True)
     imp.add_argument(
         "--skip-bad", action="store_true", help="skip rows that cannot be imported (counted and listed)"
+    )
+    imp.add_argument(
+        "--keep-size",
+        action="store_true",
+        help="vsp: keep the PNGs as they are (default: 256x256, as the paper)",
     )
     imp.set_defaults(func=_cmd_import)
     exp = dsub.add_parser("export", help="export to LLaMA-Factory or EasyR1/verl formats")

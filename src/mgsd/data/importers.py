@@ -27,13 +27,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
 from tqdm import tqdm
 
 from mgsd.data.io import DataError, decode_image, png_bytes, read_rows, write_rows
 from mgsd.tasks import get_task
 
 _LEVEL_DIR = re.compile(r"^level(\d+)$")
-IMPORTER_VERSION = 2  # bump when ids or checks change: cached imports are keyed by it
+IMPORTER_VERSION = 3  # bump when ids, checks or images change: cached imports are keyed by it
+PAPER_IMAGE_SIZE = 256  # the benchmark shows VSP's PNGs resized to 256x256 (TASKS.md §1.4)
 _RC = r"[Rr]ow\s*(\d+),\s*[Cc]olumn\s*(\d+)"
 
 
@@ -46,6 +48,7 @@ class ImportLog:
     rows: int = 0
     skipped: list[dict[str, str]] = field(default_factory=list)
     checks: dict[str, int] = field(default_factory=dict)  # check name -> rows it was applied to
+    image: str = "rendered by mgsd at 256x256"
 
     def count(self, check: str) -> None:
         self.checks[check] = self.checks.get(check, 0) + 1
@@ -59,6 +62,7 @@ class ImportLog:
             "rows": self.rows,
             "skipped": self.skipped,
             "checks": self.checks,
+            "image": self.image,
             "importer_version": IMPORTER_VERSION,
         }
         tmp.write_text(json.dumps(info, indent=2) + "\n")
@@ -151,11 +155,31 @@ def _check_vsp(state: dict[str, Any], pure_text: str, image: bytes, log: ImportL
     log.count("png")
 
 
-def import_vsp(folder: str | Path, out: str | Path, *, progress: bool = True, skip_bad: bool = False) -> Path:
-    """A VSP FrozenLake maps folder (``level{L}/{img,table,pure_text}/{k}.*``), keeping its PNGs.
+def paper_image(data: bytes, size: int | None = PAPER_IMAGE_SIZE) -> bytes:
+    """A source PNG as the paper shows it: RGB, LANCZOS-resized to ``size`` x ``size`` when it is not
+    that size already (``size=None``: the bytes unchanged)."""
+    if size is None:
+        return data
+    img = decode_image(data)
+    if img.size == (size, size):
+        return png_bytes(img)
+    return png_bytes(img.resize((size, size), Image.LANCZOS))
+
+
+def import_vsp(
+    folder: str | Path,
+    out: str | Path,
+    *,
+    progress: bool = True,
+    skip_bad: bool = False,
+    image_size: int | None = PAPER_IMAGE_SIZE,
+) -> Path:
+    """A VSP FrozenLake maps folder (``level{L}/{img,table,pure_text}/{k}.*``) with its own images.
 
     The table gives the state (VSP's own start and goal); it must agree with ``pure_text`` and with
-    what the PNG shows. ``skip_bad``: a map that fails is skipped and listed in the manifest.
+    what the PNG shows. The PNG is stored as the paper shows it (RGB, LANCZOS-resized to 256x256;
+    ``image_size=None`` keeps the original bytes). ``skip_bad``: a map that fails is skipped and listed
+    in the manifest.
     """
     folder = Path(folder)
     task = get_task("frozenlake")
@@ -165,6 +189,9 @@ def import_vsp(folder: str | Path, out: str | Path, *, progress: bool = True, sk
     if not levels:
         raise DataError(f"{folder} has no level*/ directories: not a VSP maps folder")
     log = ImportLog(str(folder.resolve()), task.name)
+    log.image = "the source PNG" + (
+        "" if image_size is None else f", RGB, LANCZOS to {image_size}x{image_size}"
+    )
     rows = []
     for level, ldir in levels:
         stems: set[str] = set()
@@ -198,7 +225,7 @@ def import_vsp(folder: str | Path, out: str | Path, *, progress: bool = True, sk
                     _check_vsp(state, text_path.read_text(), data, log)
                 except ValueError as exc:  # DataError included
                     raise DataError(f"{table_path}: {exc}") from None
-                rows.append(_row("frozenlake", state, data, sample_id, "vsp"))
+                rows.append(_row("frozenlake", state, paper_image(data, image_size), sample_id, "vsp"))
             except DataError as exc:
                 if not skip_bad:
                     raise

@@ -14,10 +14,15 @@ unweighted mean over tasks of the sample-weighted task accuracies) plus ours: 95
 level-balanced macro, and the overlap of the test states with the states the model was trained on
 where these are known (a model directory's ``state_hashes.txt``, or datasets given as ``seen``).
 
-Layout: imports are cached by source content under ``cache_dir`` (``{set}-{hash}/``, with one
-dataset per image view); results go to ``OUT/{set}[-rerender]/`` (``eval model``'s files, resumable;
-a ``dataset.json`` stamp refuses to mix results of a changed test file) and ``OUT/benchmark.json``
-and ``OUT/benchmark.md``, written last.
+Layout: imports are cached by source content under ``cache_dir`` (``{set}-{hash}/import``, the
+importers' own output, and ``rerender/`` for that view); results go to ``OUT/{set}[-rerender]/``
+(``eval model``'s files, resumable; a ``dataset.json`` stamp refuses to mix results of a changed
+test file) and ``OUT/benchmark.json`` and ``OUT/benchmark.md``, written last.
+
+``mgsd run --external`` imports with the same importers and scores with the same ``evaluate_model``,
+so its external rows equal this command's for the same model at the same generation settings (the
+run uses its ``eval_max_new_tokens`` and ``eval_batch_size``; pass them as ``--max-new-tokens`` and
+``--batch-size`` to compare).
 """
 
 from __future__ import annotations
@@ -31,17 +36,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from mgsd import __version__
 from mgsd.data.generate import read_state_hashes, state_hash
 from mgsd.data.importers import (
+    PAPER_IMAGE_SIZE,
     content_hash,
     import_visualplanning,
     import_vsp,
     manifest_path,
 )
-from mgsd.data.io import DataError, decode_image, png_bytes, read_rows, write_rows
+from mgsd.data.io import DataError, png_bytes, read_rows, write_rows
 from mgsd.eval.backends import Backend, GenerationConfig
 from mgsd.eval.gap import evaluate_gap, format_gap, gap_table
 from mgsd.eval.metrics import aggregate
@@ -51,7 +56,7 @@ from mgsd.tasks import get_task
 
 PAPER_MAX_TOKENS_LOCAL = 4096  # the checkpoint evaluation's max_tokens
 PAPER_MAX_TOKENS_API = 10240  # the API evaluation's max_tokens
-IMAGE_SIZE = 256
+IMAGE_SIZE = PAPER_IMAGE_SIZE
 SETS: dict[str, str] = {  # set name -> task
     "vsp": "frozenlake",
     "visualplanning-maze": "maze",
@@ -92,18 +97,12 @@ def _source_files(name: str, src: Path) -> tuple[list[Path], Path | None]:
     return [src], None
 
 
-def _view(raw: Path, dst: Path, task_name: str, view: str) -> None:
-    """The dataset ``raw`` with the images a model is shown under ``view``, written to ``dst``."""
+def _rerender(raw: Path, dst: Path, task_name: str) -> None:
+    """The dataset ``raw`` with our renderer's image of every state, written to ``dst``."""
     task = get_task(task_name)
     rows = read_rows(raw)
     for r in rows:
-        if view == "rerender":
-            r["image"] = png_bytes(task.render(task.load_state(r["state"]), size=IMAGE_SIZE))
-        else:  # the paper: RGB, LANCZOS-resized to 256x256 when it is not that size already
-            img = decode_image(r["image"])
-            if img.size != (IMAGE_SIZE, IMAGE_SIZE):
-                img = img.resize((IMAGE_SIZE, IMAGE_SIZE), Image.LANCZOS)
-            r["image"] = png_bytes(img)
+        r["image"] = png_bytes(task.render(task.load_state(r["state"]), size=IMAGE_SIZE))
     write_rows(rows, dst / f"{task.name}.parquet")
 
 
@@ -134,14 +133,13 @@ def prepare_set(
         (raw / "COMPLETE").write_text("ok\n")
     (parquet,) = sorted(raw.glob("*.parquet"))
     log = json.loads(manifest_path(parquet).read_text())
-    if name == "vsp":
-        view = "rerender" if rerender else "original"
-        data = base / view
+    if name == "vsp" and rerender:
+        view, data = "rerender", base / "rerender"
         if not (data / "COMPLETE").exists():
-            _view(raw, data, task, view)
+            _rerender(raw, data, task)
             (data / "COMPLETE").write_text("ok\n")
-    else:  # VisualPlanning has no images of its own: the import is our render already
-        view, data = "render", raw
+    else:  # VSP: the import holds the paper's image; VisualPlanning: it is our render already
+        view, data = ("original" if name == "vsp" else "render"), raw
     return PreparedSet(name, task, str(src.resolve()), key, data, view, len(log["skipped"]), log["checks"])
 
 
