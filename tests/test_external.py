@@ -621,6 +621,8 @@ def test_benchmark_cli_uses_the_papers_token_budgets(shared_data, tmp_path, monk
     out = capsys.readouterr().out
     assert "| minibehaviour | 5 | 1 |" in out and "benchmark.md" in out
     assert main(["eval", "benchmark", "--model", "m", "--out", str(tmp_path / "c")]) == 2
+    assert main(["eval", "benchmark", "--vsp", str(tmp_path / "nope"), "--model", "m", "--out", "x"]) == 2
+    assert "--vsp: " in capsys.readouterr().err
 
 
 def test_benchmark_gap_attributes_each_failure(shared_data, tmp_path):

@@ -276,6 +276,9 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         raise ValueError("give at least one of --vsp, --visualplanning-maze, --visualplanning-minibehaviour")
     if args.temperature < 0 or not 0 < args.top_p <= 1:
         raise ValueError("--temperature must be >= 0 and --top-p in (0, 1]")
+    for name, path in sources.items():  # before a model is loaded: a typo fails in a second
+        if not Path(path).exists():
+            raise ValueError(f"--{name}: {path} not found")
     api = bool(args.api_base)
     budget = args.max_new_tokens or (PAPER_MAX_TOKENS_API if api else PAPER_MAX_TOKENS_LOCAL)
     gen = GenerationConfig(budget, args.temperature, args.top_p, args.seed)
