@@ -5,6 +5,7 @@ import sys
 
 import pytest
 from datasets import load_dataset
+from PIL import Image
 
 from mgsd.cli import main
 from mgsd.data.exporters import export_easyr1, export_llamafactory
@@ -90,7 +91,13 @@ def test_import_vsp_keeps_pngs_and_scores(shared_data, tmp_path):
     rows = read_rows(path)
     assert {r["level"] for r in rows} == {3, 4, 5, 6, 7, 8}
     first = next(r for r in rows if r["id"] == "vsp/level3/0")
-    assert first["image"] == (shared_data / "vsp_examples/level3/img/0.png").read_bytes()
+    # the original PNG (192x192 at level 3) as the paper shows it: RGB, LANCZOS-resized to 256x256
+    png = Image.open(shared_data / "vsp_examples/level3/img/0.png").convert("RGB")
+    assert decode_image(first["image"]) == png.resize((256, 256), Image.LANCZOS)
+    kept = read_rows(
+        import_vsp(shared_data / "vsp_examples", tmp_path / "kept", progress=False, image_size=None)
+    )
+    assert kept[0]["image"] == (shared_data / "vsp_examples/level3/img/0.png").read_bytes()
     assert first["optimal_length"] == 2  # the example's answer is R,D
 
 
@@ -112,7 +119,8 @@ def test_import_visualplanning(shared_data, tmp_path, name):
     for r, line in zip(rows, lines, strict=True):
         # VisualPlanning's input_state is the optimal trajectory: its length - 1 is the optimal plan length.
         assert r["optimal_length"] == len(line["input_state"]) - 1
-        assert r["id"] == f"visualplanning/{name}/{line['meta'].get('idx', lines.index(line))}"
+        tail = line["meta"].get("idx", f"line{lines.index(line) + 1}")
+        assert r["id"] == f"visualplanning/{name}/level{line['meta']['level']}/{tail}"
 
 
 def test_import_visualplanning_rejects_wrong_task(shared_data, tmp_path):

@@ -53,15 +53,21 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
-    from mgsd.data.importers import import_visualplanning, import_vsp
+    from mgsd.data.importers import import_visualplanning, import_vsp, manifest_path
 
     if args.source == "vsp":
-        path = import_vsp(args.path, args.out)
+        path = import_vsp(
+            args.path, args.out, skip_bad=args.skip_bad, image_size=None if args.keep_size else 256
+        )
     else:
         if not args.task:
             raise ValueError("import visualplanning needs --task")
-        path = import_visualplanning(args.path, args.task, args.out)
-    print(f"wrote {path}")
+        path = import_visualplanning(args.path, args.task, args.out, skip_bad=args.skip_bad)
+    log = json.loads(manifest_path(path).read_text())
+    print(f"wrote {log['rows']} samples to {path}")
+    if log["skipped"]:
+        first = log["skipped"][0]["error"]
+        print(f"skipped {len(log['skipped'])} bad row(s), listed in {manifest_path(path)}; first: {first}")
     return 0
 
 
@@ -132,6 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("path", help="VSP maps folder, or VisualPlanning test .jsonl")
     imp.add_argument("--task", help="task of a VisualPlanning file")
     imp.add_argument("--out", required=True)
+    imp.add_argument(
+        "--skip-bad", action="store_true", help="skip rows that cannot be imported (counted and listed)"
+    )
+    imp.add_argument(
+        "--keep-size",
+        action="store_true",
+        help="vsp: keep the PNGs as they are (default: 256x256, as the paper)",
+    )
     imp.set_defaults(func=_cmd_import)
     exp = dsub.add_parser("export", help="export to LLaMA-Factory or EasyR1/verl formats")
     exp.add_argument("format", choices=["llamafactory", "easyr1"])

@@ -29,6 +29,7 @@ from typing import Any
 
 from mgsd.config import apply_overrides, from_dict, to_dict
 from mgsd.data.generate import generate_dataset, read_state_hashes, state_hash
+from mgsd.data.importers import check_imported
 from mgsd.data.io import read_rows
 from mgsd.eval.plans import read_jsonl, write_json
 from mgsd.tasks import get_task, parse_levels
@@ -244,6 +245,11 @@ def run_pipeline(
     root = run.out
     (root / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
     m = root / "models"
+    data = root / "data"
+    # External sets are imported and checked (ids unique, readable) before any training, not at the
+    # first evaluation after it.
+    ext_dirs = import_external(external or {}, data / "external")
+    check_imported(ext_dirs)
     if cfg.model == "tiny-base":
         base = shipped_base()
     elif cfg.model in PRESETS:  # pretrain the preset inside the run (its own data, fixed tokenizer)
@@ -257,8 +263,6 @@ def run_pipeline(
     else:
         base = Path(cfg.model)
     seen = read_state_hashes(base)
-    data = root / "data"
-    ext_dirs = import_external(external or {}, data / "external")
     run.stage("data", (data / "COMPLETE").exists(), lambda: build_data(cfg, data, ext_dirs, seen))
 
     budget = cfg.stage1.steps + cfg.stage2.steps

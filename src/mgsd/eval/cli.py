@@ -43,6 +43,54 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     _model_options(eg)
     eg.set_defaults(func=_cmd_gap)
 
+    eb = esub.add_parser(
+        "benchmark",
+        help="the paper's evaluation on the external test sets (VSP, VisualPlanning), one table",
+        description="Imports the given sets (cached by content), evaluates at the paper's settings "
+        "(temperature 0, one sample, 4096 new tokens locally / 10240 via an API) unless told otherwise, "
+        "and writes OUT/benchmark.md and OUT/benchmark.json; resumable.",
+    )
+    eb.add_argument("--vsp", help="VSP FrozenLake maps folder (level3..8/{img,table,pure_text})")
+    eb.add_argument("--visualplanning-maze", help="VisualPlanning Maze test_dataset.jsonl")
+    eb.add_argument("--visualplanning-minibehaviour", help="VisualPlanning MiniBehaviour test_dataset.jsonl")
+    eb.add_argument("--model", help="model directory or hub id (a local model unless --api-base is given)")
+    eb.add_argument("--out", required=True)
+    eb.add_argument("--limit", type=int, help="at most N samples per (task, level): the level mix is kept")
+    eb.add_argument(
+        "--rerender", action="store_true", help="FrozenLake: our renderer's image of the VSP maps"
+    )
+    eb.add_argument("--max-new-tokens", type=int, help="default: the paper's (4096 local, 10240 API)")
+    eb.add_argument("--temperature", type=float, default=0.0)
+    eb.add_argument("--top-p", type=float, default=1.0)
+    eb.add_argument("--seed", type=int, default=0)
+    eb.add_argument("--batch-size", type=int, default=8)
+    eb.add_argument("--dtype", default="float32")
+    eb.add_argument("--trust-remote-code", action="store_true")
+    eb.add_argument("--cache-dir", help="where imports are cached (default ~/.cache/mgsd/imports)")
+    eb.add_argument(
+        "--seen",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="training states to check overlap with: a model dir, a state_hashes.txt or a dataset "
+        "(a local --model's own state_hashes.txt is always used)",
+    )
+    eb.add_argument("--skip-bad", action="store_true", help="skip source rows that cannot be imported")
+    eb.add_argument(
+        "--gap",
+        action="store_true",
+        help="also plan from text and answer perception questions: attribute failures (3x the queries)",
+    )
+    api = eb.add_argument_group("OpenAI-compatible API backend")
+    api.add_argument("--api-base")
+    api.add_argument("--api-model")
+    api.add_argument("--api-key-env", default="OPENAI_API_KEY")
+    api.add_argument("--concurrency", type=int, default=4)
+    api.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
+    api.add_argument("--retries", type=int, default=3)
+    eb.add_argument("--quiet", action="store_true", help="no progress bars")
+    eb.set_defaults(func=_cmd_benchmark)
+
     sv = subparsers.add_parser("serve", help="serve a local model as an OpenAI-compatible endpoint")
     sv.add_argument("--model", required=True, help="model directory or hub id")
     sv.add_argument("--host", default="127.0.0.1")
@@ -207,4 +255,51 @@ def _cmd_plans(args: argparse.Namespace) -> int:
             f"note: {metrics['missing_predictions']} sample(s) had no prediction and count as parse failures"
         )
     print(f"wrote {Path(args.out) / 'metrics.json'} and samples.jsonl")
+    return 0
+
+
+def _cmd_benchmark(args: argparse.Namespace) -> int:
+    from mgsd.eval.backends import GenerationConfig
+    from mgsd.eval.benchmark import PAPER_MAX_TOKENS_API, PAPER_MAX_TOKENS_LOCAL, format_table, run_benchmark
+    from mgsd.eval.model import model_label
+
+    sources = {
+        name: path
+        for name, path in (
+            ("vsp", args.vsp),
+            ("visualplanning-maze", args.visualplanning_maze),
+            ("visualplanning-minibehaviour", args.visualplanning_minibehaviour),
+        )
+        if path
+    }
+    if not sources:
+        raise ValueError("give at least one of --vsp, --visualplanning-maze, --visualplanning-minibehaviour")
+    if args.temperature < 0 or not 0 < args.top_p <= 1:
+        raise ValueError("--temperature must be >= 0 and --top-p in (0, 1]")
+    for name, path in sources.items():  # before a model is loaded: a typo fails in a second
+        if not Path(path).exists():
+            raise ValueError(f"--{name}: {path} not found")
+    api = bool(args.api_base)
+    budget = args.max_new_tokens or (PAPER_MAX_TOKENS_API if api else PAPER_MAX_TOKENS_LOCAL)
+    gen = GenerationConfig(budget, args.temperature, args.top_p, args.seed)
+    backend = _backend(args)
+    result = run_benchmark(
+        backend,
+        sources,
+        args.out,
+        model=(args.api_model or args.model) if api else model_label(args.model),
+        api=api,
+        gen=gen,
+        limit=args.limit,
+        rerender=args.rerender,
+        batch_size=args.batch_size,
+        cache_dir=args.cache_dir,
+        seen=args.seen,
+        skip_bad=args.skip_bad,
+        gap=args.gap,
+        progress=not args.quiet,
+    )
+    print(format_table(result), end="")
+    _report_failures(result)
+    print(f"wrote {Path(args.out) / 'benchmark.md'} and benchmark.json")
     return 0

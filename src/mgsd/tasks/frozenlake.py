@@ -9,17 +9,23 @@ from __future__ import annotations
 
 import importlib.util
 import random
+import re
 from collections import deque
 from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 from PIL import Image, ImageDraw
 
 from mgsd.tasks.base import MOVES, Cell, PerceptionItem, Task, Transition
 
 TILES = frozenset("SFHG")
 VSP_SYMBOLS: dict[str, str] = {"@": "S", "*": "G", "#": "H", "_": "F"}
+_VSP_ROW = re.compile(r"^Row\s*(\d+)$")
+# Mean absolute pixel difference (0-255) under which a cell counts as showing a reference tile; the
+# VSP renders match to < 1, another sprite set (gymnasium 1.4) is far above it.
+_TILE_MATCH = 12.0
 
 # Probability that a tile is frozen. Measured on the VSP maps in shared/data/vsp_examples
 # (8 maps per level), holes / cells other than S and G:
@@ -237,19 +243,64 @@ class FrozenLake(Task):
 
     @classmethod
     def from_vsp_table(cls, text: str) -> dict[str, Any]:
-        """A state from a VSP ``table/{k}.txt`` file (rows ``| Row i | @ | _ | ...``)."""
-        grid: list[str] = []
+        """A state from a VSP ``table/{k}.txt`` file (rows ``| Row i | @ | _ | ...``, 1-based).
+
+        Rows are placed by their ``Row i`` number, not by file order, and every row 1..L must occur
+        exactly once with L cells (the ``Col`` header, when present, must have L columns too): a
+        shuffled or truncated table is either read correctly or refused, never misread.
+        """
+        rows: dict[int, str] = {}
+        header_cols: int | None = None
         for line in text.splitlines():
             cells = [x.strip() for x in line.strip().strip("|").split("|")]
-            if not cells or not cells[0].startswith("Row"):
-                continue  # the header row ("| | Col 1 | ...") and anything else
+            if not cells:
+                continue
+            if cells[0] == "" and any(x.startswith("Col") for x in cells[1:]):
+                header_cols = sum(x.startswith("Col") for x in cells[1:])
+                continue
+            m = _VSP_ROW.match(cells[0])
+            if not m:
+                continue  # separators and anything else
+            number = int(m.group(1))
+            if number in rows:
+                raise ValueError(f"VSP table lists {cells[0]!r} twice")
             try:
-                grid.append("".join(VSP_SYMBOLS[x] for x in cells[1:]))
+                rows[number] = "".join(VSP_SYMBOLS[x] for x in cells[1:])
             except KeyError as exc:
                 raise ValueError(f"VSP table has an unknown symbol {exc.args[0]!r} in {cells[0]!r}") from None
-        if not grid:
+        if not rows:
             raise ValueError("VSP table has no '| Row' lines")
-        return cls().validate({"grid": grid})
+        n = len(rows)
+        if sorted(rows) != list(range(1, n + 1)):
+            raise ValueError(f"VSP table rows are numbered {sorted(rows)}, expected 1..{n}")
+        if header_cols is not None and header_cols != n:
+            raise ValueError(f"VSP table header has {header_cols} columns for {n} rows")
+        return cls().validate({"grid": [rows[i] for i in range(1, n + 1)]})
+
+    @staticmethod
+    def read_cells(image: Image.Image, level: int) -> list[str] | None:
+        """The map letters a FrozenLake image shows, cell by cell (nearest 64-px reference tile), or
+        None when the image does not look like these sprites (another art set): a check that a
+        table and its PNG describe the same map, not a perception model."""
+        tiles = _base_tiles()
+        side = BASE_CELL * level
+        img = image.convert("RGB")
+        if img.size != (side, side):
+            img = img.resize((side, side), Image.LANCZOS)
+        pix = np.asarray(img, dtype=np.int16)
+        refs = {k: np.asarray(t, dtype=np.int16) for k, t in tiles.items()}
+        grid = []
+        for r in range(level):
+            row = []
+            for c in range(level):
+                cell = pix[r * BASE_CELL : (r + 1) * BASE_CELL, c * BASE_CELL : (c + 1) * BASE_CELL]
+                dist = {k: float(np.abs(cell - ref).mean()) for k, ref in refs.items()}
+                best = min(dist, key=dist.__getitem__)
+                if dist[best] > _TILE_MATCH:
+                    return None
+                row.append(best)
+            grid.append("".join(row))
+        return grid
 
     # -- the simulator ----------------------------------------------------------------------
     def initial(self, state: dict[str, Any]) -> Hashable:
