@@ -132,6 +132,42 @@ def gate_data(base: Path, out: Path, per_task: int, seed: int, progress: bool) -
     return out
 
 
+def scene_perception(backbone: Any, n: int = 60, seed: int = 4242, batch_size: int = 16) -> dict[str, Any]:
+    """Does the base see? Greedy descriptions of ``n`` held-out synthetic scenes (fresh specs, not the
+    pretraining ones): the share of reference lines reproduced exactly, per kind of line, with n."""
+    import random
+
+    from mgsd.data.scenes import generate_scene, scene_image, scene_prompt, scene_target
+
+    rng = random.Random(seed)
+    scenes = [generate_scene(rng) for _ in range(n)]
+    counts: dict[str, list[int]] = {}
+    for i in range(0, n, batch_size):
+        chunk = scenes[i : i + batch_size]
+        ctx = backbone.encode_student([scene_prompt(s) for s in chunk], [scene_image(s) for s in chunk])
+        for s, text in zip(chunk, backbone.generate(ctx, greedy=True, max_new_tokens=160).texts, strict=True):
+            said = set(text.split("\n"))
+            ref = scene_target(s).split("\n")
+            glyph_rows = ref[ref.index("open_dirs:") + 1 :] if "open_dirs:" in ref else []
+            for line in ref:
+                kind = (
+                    "walls row"
+                    if line in glyph_rows and line not in ("open_dirs:",)
+                    else "size"
+                    if line.startswith("size:")
+                    else "cells"
+                    if " cells:" in line
+                    else None
+                    if line == "open_dirs:"
+                    else "object"
+                )
+                if kind:
+                    c = counts.setdefault(kind, [0, 0])
+                    c[0] += line in said
+                    c[1] += 1
+    return {k: {"accuracy": ok / total, "lines": total} for k, (ok, total) in sorted(counts.items())}
+
+
 def evaluate_gates(
     base: str | Path,
     out: str | Path,
@@ -166,6 +202,7 @@ def evaluate_gates(
         )
         for modality in ("text", "image")
     }
+    scenes = scene_perception(backend.backbone)
     copy = {t: v["success"] for t, v in teacher["teacher+plan"]["by_task"].items()}
     text, image = planned["text"]["macro"]["success"], planned["image"]["macro"]["success"]
     result = {
@@ -173,6 +210,7 @@ def evaluate_gates(
         "teacher": teacher,
         "text": planned["text"],
         "image": planned["image"],
+        "scene_perception": scenes,
         "passed": {
             "copy_per_task": all(v >= GATES["copy_per_task"] for v in copy.values()),
             "text_macro": text >= GATES["text_macro"],

@@ -74,6 +74,7 @@ class TrainConfig:
     micro_batch_size: int = 8  # per process and forward pass
     seed: int = 0
     balance_tasks: bool = True  # every task gets an equal share of the updates, whatever its row count
+    task_weights: dict[str, int] = field(default_factory=dict)  # with balance_tasks: shares (default 1)
     compute_dtype: Literal["float32", "bfloat16"] = "float32"  # master weights stay fp32
     trust_remote_code: bool = False
     optim: OptimConfig = field(default_factory=OptimConfig)

@@ -51,6 +51,9 @@ class PretrainData:
 class PretrainConfig:
     preset: str = "tiny"
     init: str | None = None  # an earlier base to continue from (training in rounds)
+    # With ``init``: start the vision tower and merger afresh (a fresh tiny init of the same seed) and
+    # keep the LM, for a round that retrains a collapsed tower while keeping the planning LM.
+    reset_vision: bool = False
     seed: int = 0
     data: PretrainData = field(default_factory=PretrainData)
     steps: int = 4000
@@ -59,6 +62,9 @@ class PretrainConfig:
     lr: float = 2e-3
     warmup_ratio: float = 0.03
     compute_dtype: str = "float32"  # bfloat16 only where the CPU has it (measure first)
+    vision_lr_scale: float = 1.0  # the vision tower's lr relative to ``lr``
+    dense_weight: float = 0.0  # the dense per-token grounding loss on scenes (train/dense.py)
+    scene_weight: int = 1  # scene images' share of the updates, against 1 for each task
     eval_every: int = 1000
     save_every: int = 200
     gate_per_task: int = 120
@@ -140,7 +146,14 @@ def train_settings(cfg: PretrainConfig, model: Path, out: Path, data: Path) -> d
         "eval_every": cfg.eval_every,
         "save_every": cfg.save_every,
         "val_samples": 48,
-        "optim": {"lr": cfg.lr, "warmup_ratio": cfg.warmup_ratio, "schedule": "cosine"},
+        "optim": {
+            "lr": cfg.lr,
+            "warmup_ratio": cfg.warmup_ratio,
+            "schedule": "cosine",
+            "vision_lr_scale": cfg.vision_lr_scale,
+        },
+        "dense_weight": cfg.dense_weight,
+        "task_weights": {SCENE_TASK: cfg.scene_weight} if cfg.scene_weight != 1 else {},
         "lora": {"r": 0, "train_vision": True},  # the whole model: ViT, merger and LM
         "opsd": {"max_new_tokens": cfg.gate_max_new_tokens},
     }
@@ -162,7 +175,11 @@ def pretrain(cfg: PretrainConfig, out: str | Path, *, gates: bool = True) -> Pat
         print("== pretraining data", flush=True)
         build_pretrain_data(cfg, data)
     init = root / "init"
-    if cfg.init:
+    if cfg.init and cfg.reset_vision:
+        if not (init / "config.json").exists():
+            print("== init (earlier base, fresh vision tower)", flush=True)
+            reset_vision_tower(Path(cfg.init), init, cfg.preset, cfg.seed)
+    elif cfg.init:
         init = Path(cfg.init)
     elif not (init / "config.json").exists():
         if cfg.preset not in PRESETS:
@@ -204,6 +221,34 @@ def pretrain(cfg: PretrainConfig, out: str | Path, *, gates: bool = True) -> Pat
         )
         write_model_card(base, cfg, result, root)
     return base
+
+
+def reset_vision_tower(src: Path, out: Path, preset: str, seed: int) -> Path:
+    """``src`` with its vision tower and merger replaced by a fresh random init of ``preset`` (its LM,
+    tokenizer and template kept), written atomically to ``out``."""
+    import torch
+
+    from mgsd.models import lora as lora_lib
+    from mgsd.models.backbone import Backbone
+    from mgsd.models.tiny import PRESETS, build_qwen_vl
+
+    bb = Backbone.load(src, dtype="float32")
+    fresh, _ = build_qwen_vl("qwen3_vl", PRESETS[preset], seed=seed, tokenizer=bb.tokenizer)
+    new = {n: p for n, p in fresh.named_parameters() if lora_lib.is_vision(n)}
+    with torch.no_grad():
+        for name, p in bb.model.named_parameters():
+            if lora_lib.is_vision(name):
+                if name not in new or new[name].shape != p.shape:
+                    raise ValueError(f"{src}: vision parameter {name} does not match the {preset} preset")
+                p.copy_(new[name])
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    bb.save(tmp)
+    for extra in (HASHES_FILE,):
+        if (src / extra).exists():
+            shutil.copy(src / extra, tmp / extra)
+    tmp.rename(out)
+    return out
 
 
 def write_model_card(base: Path, cfg: PretrainConfig, gates: dict[str, Any], root: Path) -> None:

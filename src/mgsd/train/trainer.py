@@ -51,17 +51,25 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     return (seed * 1_000_003 + step * 7919 + rank) % (2**63 - 1)
 
 
-def epoch_order(n: int, key: str, groups: Sequence[Sequence[int]] | None = None) -> list[int]:
+def epoch_order(
+    n: int, key: str, groups: Sequence[Sequence[int]] | None = None, weights: Sequence[int] | None = None
+) -> list[int]:
     """One epoch's order of ``n`` examples, seeded by ``key`` (seed, objective, epoch), so stages
     started from one another never walk the data in the same order. With ``groups`` (the example
-    indices of each task) every task gets an equal share: tasks take turns, each walking its own
-    permutation and cycling when it runs out (the epoch is as long as the largest task makes it)."""
+    indices of each task) tasks take turns, each walking its own permutation and cycling when it runs
+    out; in a turn, group ``g`` gives ``weights[g]`` examples (default 1: an equal share). The epoch
+    lasts as many turns as the group slowest to run out needs."""
     gen = torch.Generator().manual_seed(zlib.crc32(key.encode()))
     if groups is None:
         return torch.randperm(n, generator=gen).tolist()
+    w = list(weights) if weights is not None else [1] * len(groups)
+    if len(w) != len(groups) or min(w) < 1:
+        raise ValueError("epoch_order: one positive integer weight per group")
     perms = [[g[i] for i in torch.randperm(len(g), generator=gen).tolist()] for g in groups]
-    longest = max(len(p) for p in perms)
-    return [p[j % len(p)] for j in range(longest) for p in perms]
+    turns = max(math.ceil(len(p) / k) for p, k in zip(perms, w, strict=True))
+    return [
+        p[(t * k + j) % len(p)] for t in range(turns) for p, k in zip(perms, w, strict=True) for j in range(k)
+    ]
 
 
 def _spread(rows: Sequence[dict[str, Any]], n: int) -> list[dict[str, Any]]:
@@ -133,8 +141,13 @@ class Trainer:
         self._task_index: dict[str, list[int]] = {}
         for i, e in enumerate(self.train):
             self._task_index.setdefault(e.task, []).append(i)
+        unknown = set(cfg.task_weights) - set(self._task_index)
+        if unknown:
+            raise ValueError(f"task_weights names tasks not in the training data: {sorted(unknown)}")
+        self._weights = [int(cfg.task_weights.get(t, 1)) for t in self._task_index]
         self._epoch_len = (
-            len(self._task_index) * max(len(v) for v in self._task_index.values())
+            max(math.ceil(len(v) / k) for v, k in zip(self._task_index.values(), self._weights, strict=True))
+            * sum(self._weights)
             if cfg.balance_tasks
             else len(self.train)
         )
@@ -245,7 +258,10 @@ class Trainer:
         if not self._order_cache or self._order_cache[0] != epoch:
             key = f"{self.cfg.seed}/{self.cfg.objective}/{epoch}"
             groups = list(self._task_index.values()) if self.cfg.balance_tasks else None
-            self._order_cache = (epoch, epoch_order(len(self.train), key, groups))
+            self._order_cache = (
+                epoch,
+                epoch_order(len(self.train), key, groups, self._weights if groups else None),
+            )
         return self._order_cache[1]
 
     def _local(self, batch: Sequence[Example]) -> list[Example]:
