@@ -322,10 +322,7 @@ def _combine_seeds(
 
     Written with ``write_results``; its ``missing_predictions`` is 0 here (mean rows never lack a response).
     """
-    runs = {
-        s: read_jsonl(out / f"seed{s}" / "samples.jsonl")
-        for s in per_seed
-    }
+    runs = {s: read_jsonl(out / f"seed{s}" / "samples.jsonl") for s in per_seed}
     first = runs[min(runs)]
     rows = []
     for i, base in enumerate(first):
