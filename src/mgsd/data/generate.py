@@ -18,6 +18,18 @@ from mgsd.tasks import Task, get_task
 # Consecutive duplicates tolerated per sample before concluding a level is exhausted (small levels,
 # e.g. Maze 3x3, have only thousands of distinct instances).
 MAX_DUPLICATE_RUN = 2000
+# A dataset is built in memory (PNG bytes included, ~2 KB a sample), so a count beyond this is a slip
+# (``--per-level 1000000000000``) refused before any work rather than a run that dies hours later.
+MAX_PER_LEVEL = 1_000_000
+
+
+def check_counts(levels: Sequence[int], per_level: int) -> None:
+    """ValueError unless there is at least one level and 0 <= per_level <= MAX_PER_LEVEL (0 writes an
+    empty split, e.g. no validation set)."""
+    if not levels:
+        raise ValueError("no levels to generate (an empty level range?)")
+    if not 0 <= per_level <= MAX_PER_LEVEL:
+        raise ValueError(f"per-level count must be between 0 and {MAX_PER_LEVEL:,}, got {per_level:,}")
 
 
 def sample_seed(seed: int, task: str, split: str, level: int, attempt: int) -> int:
@@ -86,6 +98,7 @@ def generate_rows(
     so consecutive calls sharing it never repeat a state across splits. States are drawn sequentially
     (deduplication is order-dependent); rendering is spread over ``workers`` processes. The result
     does not depend on ``workers``."""
+    check_counts(levels, per_level)
     seen = exclude if exclude is not None else set()
     rows: list[dict[str, Any]] = []
     bar = tqdm(
@@ -157,6 +170,7 @@ def generate_dataset(
 ) -> Path:
     """Generate and write ``OUT/{task}-{split}.parquet`` plus a manifest; returns the file path.
     ``exclude_hashes``: ``state_hash`` values never to draw (a pretrained base's training states)."""
+    check_counts(levels, per_level)
     out = Path(out)
     keys = state_keys(task, exclude_dirs) if exclude_dirs else set()
     if exclude is not None:
