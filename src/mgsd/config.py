@@ -91,11 +91,27 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"unknown config key {prefix}{unknown[0]} (known: {', '.join(sorted(names))})")
+    data = dict(data)
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        # A partial nested section keeps the field's own defaults for the keys it omits: with
+        # ``stage2.lr=0.1`` the rest of stage 2 stays PipelineConfig's stage 2, not StageSettings().
+        factory = f.default_factory
+        if f.name in data and isinstance(data[f.name], Mapping) and factory is not dataclasses.MISSING:
+            default = factory()
+            if dataclasses.is_dataclass(default):
+                data[f.name] = _deep_merge(to_dict(default), data[f.name])
     kwargs = {k: _convert(v, hints[k], f"{prefix}{k}") for k, v in data.items()}
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{prefix or 'config'}: {exc}") from None
+
+
+def _deep_merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
+    return out
 
 
 def to_dict(obj: Any) -> dict[str, Any]:
