@@ -421,7 +421,16 @@ class Trainer:
             lr = self._lr(step)
             for group in self.opt.param_groups:
                 group["lr"] = lr * group["lr_scale"]
-            self.opt.step()
+            try:
+                self.opt.step()
+            except RuntimeError as exc:  # e.g. lr / bias correction overflows float32
+                if "overflow" not in str(exc):
+                    raise
+                self.close()
+                raise TrainingError(
+                    f"the optimizer step overflowed at step {step + 1} ({exc}): stopped without saving "
+                    "(lower optim.lr)"
+                ) from None
             self.opt.zero_grad(set_to_none=True)
             if cfg.objective == "opsd" and cfg.opsd.teacher == "ema":
                 self._ema_update()
