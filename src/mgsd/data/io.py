@@ -138,13 +138,13 @@ def tree_fingerprint(
     """A content hash of files (and of the files under directories, recursively) whose names end in
     one of ``suffixes`` (all files when None): names relative to their root plus bytes, in sorted
     order. It keys results by what produced them (a dataset or weights rewritten at the same path
-    change it); a path that does not exist contributes its name only."""
+    change it; a copy elsewhere does not); a path that does not exist contributes nothing."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     h = hashlib.blake2b(digest_size=16)
-    for root in map(Path, paths):
+    for i, root in enumerate(map(Path, paths)):
         files = [root] if root.is_file() else sorted(f for f in root.rglob("*") if f.is_file())
-        h.update(f"root:{root.name}\0".encode())
+        h.update(f"root:{i}\0".encode())  # the position, not the name: a copied directory is the same
         for f in files:
             if suffixes is not None and not f.name.endswith(tuple(suffixes)):
                 continue
