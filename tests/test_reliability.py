@@ -145,3 +145,62 @@ def test_partial_nested_override_keeps_the_fields_own_defaults():
     cfg = load_config(PipelineConfig, None, ["stage2.lr=0.1"])
     assert cfg.stage2.lr == 0.1
     assert (cfg.stage2.steps, cfg.stage2.schedule) == (PipelineConfig().stage2.steps, "constant")
+
+
+# -- one clear line, not a traceback --------------------------------------------------------------------
+
+
+def test_serve_refuses_an_impossible_port_before_loading(tmp_path, capsys):
+    assert main(["serve", "--model", str(tmp_path / "absent"), "--port", "70000"]) == 2
+    assert capsys.readouterr().err.strip() == "mgsd: error: --port must be between 0 and 65535, got 70000"
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from mgsd.models import init_tiny
+
+    return init_tiny(tmp_path_factory.mktemp("tiny") / "model", preset="tiny", seed=0)
+
+
+def test_model_info_on_broken_or_pickle_weights_is_one_line(tiny_model, tmp_path, capsys):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    truncated = tmp_path / "truncated"
+    shutil.copytree(tiny_model, truncated)
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:50_000])
+    assert main(["model", "info", str(truncated)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"mgsd: error: cannot load model {truncated}") and "\n" not in err
+
+    pickled = tmp_path / "pickled"
+    shutil.copytree(tiny_model, pickled)
+    torch.save(load_file(str(pickled / "model.safetensors")), pickled / "pytorch_model.bin")
+    (pickled / "model.safetensors").unlink()
+    assert main(["model", "info", str(pickled)]) == 2
+    assert "only pickle weights (pytorch_model.bin)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad_id", [["a"], {"x": 1}, True, None])
+def test_prediction_ids_must_be_strings(tmp_path, bad_id):
+    from mgsd.data.io import DataError
+    from mgsd.eval.plans import read_predictions
+
+    f = tmp_path / "p.jsonl"
+    lines = [{"id": "ok", "response": "x"}, {"id": bad_id, "response": "y"}]
+    f.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    with pytest.raises(DataError, match=r"p\.jsonl:2: 'id' must be a string"):
+        read_predictions(f)
+
+
+def test_mistyped_relative_model_directory_is_not_a_hub_id(tmp_path, monkeypatch):
+    from mgsd.models.storage import resolve_model_path
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(ValueError, match=r"no such directory in runs/"):
+        resolve_model_path("runs/mdoel")
+    assert resolve_model_path("Qwen/Qwen3-VL-4B-Instruct") == "Qwen/Qwen3-VL-4B-Instruct"  # a hub id

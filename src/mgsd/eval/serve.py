@@ -337,6 +337,7 @@ class MGSDServer(ThreadingHTTPServer):
         max_tokens_limit: int = 4096,
         verbose: bool = False,
     ) -> None:
+        check_server_settings(port=port, max_batch=max_batch, max_tokens_limit=max_tokens_limit)
         self.worker = ModelWorker(backbone, max_batch=max_batch)
         self.served_name = served_name
         self.max_tokens_limit = max_tokens_limit
@@ -353,6 +354,15 @@ class MGSDServer(ThreadingHTTPServer):
         self.shutdown()
         self.server_close()
         self.worker.stop()
+
+
+def check_server_settings(*, port: int, max_batch: int, max_tokens_limit: int) -> None:
+    """Refuse settings the server cannot run with before the model loads (``bind`` raises an
+    OverflowError, a traceback, for a port above 65535)."""
+    if not 0 <= port <= 65535:
+        raise ValueError(f"--port must be between 0 and 65535, got {port}")
+    if max_batch < 1 or max_tokens_limit < 1:
+        raise ValueError("--max-batch and --max-tokens-limit must be at least 1")
 
 
 def default_served_name(model: str) -> str:
@@ -375,6 +385,8 @@ def serve_model(
 ) -> None:
     """Load ``model`` and serve it until interrupted (Ctrl-C)."""
     from mgsd.eval.local import LocalBackend
+
+    check_server_settings(port=port, max_batch=max_batch, max_tokens_limit=max_tokens_limit)
 
     backend = LocalBackend.load(model, dtype=dtype, trust_remote_code=trust_remote_code)
     server = MGSDServer(
