@@ -551,6 +551,7 @@ def serve_model(
     dtype: str = "float32",
     trust_remote_code: bool = False,
     verbose: bool = False,
+    limits: Limits | None = None,
 ) -> None:
     """Load ``model`` and serve it until interrupted (Ctrl-C)."""
     from mgsd.eval.local import LocalBackend
@@ -566,6 +567,7 @@ def serve_model(
         max_batch=max_batch,
         max_tokens_limit=max_tokens_limit,
         verbose=verbose,
+        limits=limits,
     )
     print(f"serving {server.served_name!r} at {server.url} (max batch {max_batch}); Ctrl-C stops", flush=True)
     if host not in ("127.0.0.1", "localhost", "::1"):
