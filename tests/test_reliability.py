@@ -83,7 +83,7 @@ def test_level_ranges_and_counts_refused_up_front(tmp_path, capsys):
 
 
 def test_pipeline_settings_refused_before_work():
-    with pytest.raises(ConfigError, match=r"data\.test_per_task"):
+    with pytest.raises(ConfigError, match=r"^data: test_per_task and train_per_level must be at least 1"):
         load_config(PipelineConfig, None, ["data.test_per_task=0"])
 
     from mgsd.pipeline import _stages, check_settings

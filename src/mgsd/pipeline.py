@@ -53,8 +53,8 @@ class DataSettings:
         # report; a val split may be empty (no validation during training).
         if self.test_per_task < 1 or self.train_per_level < 1 or self.val_per_level < 0:
             raise ValueError(
-                "data.test_per_task and data.train_per_level must be at least 1 and data.val_per_level "
-                f"at least 0, got {self.test_per_task}, {self.train_per_level}, {self.val_per_level}"
+                "test_per_task and train_per_level must be at least 1 and val_per_level at least 0, got "
+                f"{self.test_per_task}, {self.train_per_level}, {self.val_per_level}"
             )
 
 
