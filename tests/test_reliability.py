@@ -103,6 +103,7 @@ def test_changed_keys_names_old_and_new():
 def _finished_run(tmp_path, cfg):
     out = tmp_path / "run"
     made = ("data/test", "models/coldstart/model", "models/mgsd/model", "models/plan_sft/model", "eval/mgsd")
+    made += ("eval/coldstart", "eval/base")
     for rel in made:
         (out / rel).mkdir(parents=True)
     (out / "summary.json").write_text("{}")
@@ -125,8 +126,9 @@ def test_redo_removes_the_affected_stages_and_downstream_only(tmp_path):
     out = _finished_run(tmp_path, cfg)
     changed = load_config(PipelineConfig, None, ["stage2.lr=0.1"])
     reconcile(out, run_settings(changed, {}), redo=True)
-    assert not (out / "models" / "mgsd").exists() and not (out / "eval").exists()
+    assert not (out / "models" / "mgsd").exists() and not (out / "eval" / "mgsd").exists()
     assert not (out / "summary.json").exists()
+    assert (out / "eval" / "coldstart").is_dir() and (out / "eval" / "base").is_dir()
     # stage 1, the plan-SFT baseline (stage 1's settings) and the data are untouched
     assert (out / "models" / "coldstart" / "model").is_dir() and (out / "models" / "plan_sft").is_dir()
     assert (out / "data" / "test").is_dir()

@@ -407,23 +407,25 @@ def run_settings(cfg: PipelineConfig, external: dict[str, str]) -> dict[str, Any
 
 
 def _affected(key: str) -> set[str]:
-    """Directories (relative to the run) holding results that depend on the dotted settings ``key``."""
-    models = {f"models/{n}" for n in _ALL_MODELS} | {"eval"}
+    """Directories (relative to the run) holding results that depend on the dotted settings ``key``:
+    a model's training directory goes with its evaluation (``eval/NAME``)."""
+    everything = {f"models/{n}" for n in _ALL_MODELS} | {"eval"}
     top = key.split(".")[0]
     if top in ("model", "base_weights", "pretrain"):
-        return {"data", "models/pretrain", *models}
-    if top == "data":
-        return {"data", *models}
+        return {"data", "models/pretrain", *everything}
+    if top in ("data", "external"):  # the test split excludes the external sets' states: data is redone
+        return {"data", *everything}
     if top == "seed":
-        return models
-    if top == "external":  # the test split excludes the external sets' states, so data is redone
-        return {"data", *models}
+        return everything
     if key.startswith("stage1."):
-        return {"models/coldstart", "models/plan_sft", *(f"models/{n}" for n in _FROM_COLDSTART), "eval"}
-    if key.startswith("stage2."):
-        out = {"models/mgsd", "models/opsd_no_coldstart", "models/mgsd_no_plan", "eval"}
-        return out | ({"models/plan_sft"} if key == "stage2.steps" else set())  # its sample budget
-    return {"eval"}  # eval_* settings, analysis_models
+        names = {"coldstart", "plan_sft", *_FROM_COLDSTART}
+    elif key.startswith("stage2."):
+        names = {"mgsd", "opsd_no_coldstart", "mgsd_no_plan"}
+        if key == "stage2.steps":
+            names.add("plan_sft")  # its sample budget is stage 1 + stage 2 steps
+    else:
+        return {"eval"}  # eval_* settings, analysis_models
+    return {f"models/{n}" for n in names} | {f"eval/{n}" for n in names}
 
 
 def reconcile(out: Path, settings: dict[str, Any], *, redo: bool) -> None:
