@@ -504,8 +504,8 @@ class Trainer:
         value = loss if what == "loss" else grad_norm
         self.close()
         raise TrainingError(
-            f"non-finite {what} ({value}) at step {step + 1}: stopped without saving (lower optim.lr, "
-            f"check the data, or resume from the last checkpoint in {self.ckpt_dir})"
+            f"non-finite {what} ({value}) at step {step + 1}: stopped without saving this step "
+            "(lower optim.lr or check the data, in a new --out)"
         )
 
     def _assert_finite_weights(self) -> None:
@@ -546,8 +546,9 @@ class Trainer:
             m = aggregate(scores, n_boot=1)
             value = m["macro"]["success"]
             result = {"val_success": value, "val_parse_rate": 1 - m["parse_failure"]}
+        if self.best is None or value > self.best:
+            self._assert_finite_weights()  # on every rank (replicas), so all stop together
         if self.acc.is_main_process and (self.best is None or value > self.best):
-            self._assert_finite_weights()
             self.best = value
             self.bb.save(self.out / "best", merge_lora=self.cfg.save_merged)
         return result
