@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import random
+import signal
+import sys
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -67,6 +70,20 @@ def _draw(job: tuple[str, int, int, bool]) -> tuple[str, str, int, bytes]:
     return task.dump_state(state), task.format_plan(plan), len(plan), image
 
 
+def _die_with_parent(parent: int) -> None:
+    """Worker initializer: on Linux, ask the kernel to end this worker when its parent dies, so a
+    ``kill -9`` of ``mgsd data generate`` leaves no orphaned render processes behind."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # no prctl: orphans are the OS's default, nothing worse
+        return
+    if os.getppid() != parent:  # the parent died before the call took effect
+        os._exit(1)
+
+
 def default_workers() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
@@ -108,7 +125,9 @@ def generate_rows(
         disable=not progress,
         leave=False,
     )
-    pool = ProcessPoolExecutor(workers) if workers > 1 and per_level * len(levels) >= 64 else None
+    pool = None
+    if workers > 1 and per_level * len(levels) >= 64:
+        pool = ProcessPoolExecutor(workers, initializer=_die_with_parent, initargs=(os.getpid(),))
     batch = 64 if pool else 1
     try:
         for level in levels:
