@@ -206,3 +206,20 @@ def test_mistyped_relative_model_directory_is_not_a_hub_id(tmp_path, monkeypatch
     with pytest.raises(ValueError, match=r"no such directory in runs/"):
         resolve_model_path("runs/mdoel")
     assert resolve_model_path("Qwen/Qwen3-VL-4B-Instruct") == "Qwen/Qwen3-VL-4B-Instruct"  # a hub id
+
+
+def test_rerun_with_other_external_data_is_refused_and_a_moved_copy_is_not(tmp_path):
+    import shutil
+
+    cfg = PipelineConfig()
+    ext = tmp_path / "vsp"
+    ext.mkdir()
+    (ext / "level3.txt").write_text("map A")
+    out = _finished_run(tmp_path, cfg)
+    (out / "settings.json").write_text(json.dumps(run_settings(cfg, {"vsp": str(ext)})))
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(ext, moved)
+    reconcile(out, run_settings(cfg, {"vsp": str(moved)}), redo=False)
+    (moved / "level3.txt").write_text("map B")
+    with pytest.raises(ValueError, match=r"other settings \(external\.vsp "):
+        reconcile(out, run_settings(cfg, {"vsp": str(moved)}), redo=False)

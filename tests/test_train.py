@@ -366,6 +366,10 @@ def test_resume_refuses_other_settings_or_data_naming_them(setup, tmp_path):
     # Reporting settings may change.
     same = config(root, model, out, "plan", max_steps=3, train_data=[str(data)], log_every=2, save_every=5)
     Trainer(same, resume=True).close()
+    # The same data at another path is the same data.
+    moved = tmp_path / "moved"
+    shutil.copytree(data, moved)
+    Trainer(config(root, model, out, "plan", max_steps=3, train_data=[str(moved)]), resume=True).close()
     # The same path holding other data: refused.
     generate_dataset(get_task("maze"), [3], 12, split="train", seed=9, out=data, progress=False, workers=1)
     with pytest.raises(ValueError, match=r"train_data \(content changed\)"):

@@ -399,10 +399,8 @@ def run_settings(cfg: PipelineConfig, external: dict[str, str]) -> dict[str, Any
         settings["base_weights"] = (
             tree_fingerprint(base, (".safetensors", ".json", ".txt")) if base.is_dir() else str(cfg.model)
         )
-    settings["external"] = {
-        name: {"path": str(Path(src).resolve()), "content": tree_fingerprint(src)}
-        for name, src in sorted(external.items())
-    }
+    # By content: the same files at another path are the same test set.
+    settings["external"] = {name: tree_fingerprint(src) for name, src in sorted(external.items())}
     return settings
 
 

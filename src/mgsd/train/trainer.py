@@ -481,14 +481,14 @@ class Trainer:
     def _check_resume(self, ck: Path) -> None:
         """Refuse to continue a checkpoint made with other settings or other data, naming them."""
         saved = json.loads((ck / "state.json").read_text())
-        changes = changed_keys(saved.get("config", {}), to_dict(self.cfg), RESUME_EXEMPT)
-        if "fingerprint" in saved:  # checkpoints of older versions lack it: their config is compared
-            fp = self.fingerprint()
-            changes += [
-                f"{k} (content changed)"
-                for k in sorted({*saved["fingerprint"], *fp})
-                if saved["fingerprint"].get(k) != fp.get(k)
-            ]
+        exempt = list(RESUME_EXEMPT)
+        content: list[str] = []
+        if "fingerprint" in saved:  # checkpoints of older versions lack it: only their config is compared
+            old, new = saved["fingerprint"], self.fingerprint()
+            content = [f"{k} (content changed)" for k in sorted({*old, *new}) if old.get(k) != new.get(k)]
+            # Data and a local model are compared by content, so a moved (or relative) path is fine.
+            exempt += ["train_data", "val_data"] + (["model"] if "model" in old and "model" in new else [])
+        changes = changed_keys(saved.get("config", {}), to_dict(self.cfg), exempt) + content
         if changes:
             shown = ", ".join(changes[:4]) + (f" and {len(changes) - 4} more" if len(changes) > 4 else "")
             raise ValueError(
