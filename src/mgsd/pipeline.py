@@ -1,5 +1,9 @@
 """``mgsd run``: the whole MGSD experiment, from data to report, resumable step by step.
 
+Results are keyed by what produced them: ``settings.json`` records the config and a content hash of
+the base weights and external test sets; a rerun with other settings refuses, naming the changed keys,
+unless ``--redo`` (the stages they affect, and everything downstream, are removed and run again).
+
 Steps (each skipped when its output is complete, so a rerun after a crash resumes):
 1. data: decontaminated test / val / train splits for every task (test first, then val and train
    exclude everything before them) plus optional external test sets;
