@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from mgsd.cli import main
-from mgsd.config import ConfigError, apply_overrides, changed_keys, load_config
+from mgsd.config import ConfigError, apply_overrides, changed_keys, load_config, to_dict
 from mgsd.pipeline import PipelineConfig, reconcile, run_settings
 from mgsd.tasks import get_task, parse_levels
 from mgsd.train.config import TrainConfig
@@ -223,3 +223,14 @@ def test_rerun_with_other_external_data_is_refused_and_a_moved_copy_is_not(tmp_p
     (moved / "level3.txt").write_text("map B")
     with pytest.raises(ValueError, match=r"other settings \(external\.vsp "):
         reconcile(out, run_settings(cfg, {"vsp": str(moved)}), redo=False)
+
+
+def test_run_of_an_older_version_is_compared_by_its_config_json(tmp_path):
+    cfg = PipelineConfig()
+    out = _finished_run(tmp_path, cfg)
+    (out / "settings.json").unlink()
+    (out / "config.json").write_text(json.dumps(to_dict(cfg)))
+    reconcile(out, run_settings(cfg, {}), redo=False)
+    changed = load_config(PipelineConfig, None, ["eval_max_new_tokens=7"])
+    with pytest.raises(ValueError, match=r"eval_max_new_tokens \(128 -> 7\)"):
+        reconcile(out, run_settings(changed, {}), redo=False)

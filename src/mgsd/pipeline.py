@@ -433,15 +433,21 @@ def _affected(key: str) -> set[str]:
 def reconcile(out: Path, settings: dict[str, Any], *, redo: bool) -> None:
     """Refuse (or with ``redo`` clear) results in ``out`` that other settings produced."""
     f = out / SETTINGS_FILE
-    if not f.is_file():
-        return  # a new run (or one from before settings were recorded: nothing to compare)
-    old = json.loads(f.read_text())
+    legacy = not f.is_file()
+    if not legacy:
+        old = json.loads(f.read_text())
+    elif (out / "config.json").is_file():  # a run of an older mgsd: its config (the inputs unknown)
+        old = {**settings, "config": json.loads((out / "config.json").read_text())}
+    else:
+        return  # a new run
     from mgsd.models.tiny import PRESETS
 
     exempt = [f"config.{k}" for k in RUN_EXEMPT]
     if settings["config"]["model"] not in PRESETS and old.get("config", {}).get("model") not in PRESETS:
         exempt.append("config.pretrain.")  # only read when the base is pretrained inside the run
     changes = changed_keys(old, settings, exempt)
+    if legacy:  # keys added since that version were not settings then
+        changes = [c for c in changes if "(unset -> " not in c]
     if not changes:
         return
     keys = [c.split(" ", 1)[0].removeprefix("config.") for c in changes]
