@@ -2,6 +2,8 @@ import json
 import shutil
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 from datasets import load_dataset
@@ -245,3 +247,42 @@ def test_generation_does_not_depend_on_worker_count():
     one = generate_rows(task, [5, 6], 40, split="test", seed=2, progress=False, workers=1)
     two = generate_rows(task, [5, 6], 40, split="test", seed=2, progress=False, workers=2)
     assert one == two
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_kill_9_of_generate_leaves_no_orphaned_workers(tmp_path):
+    import os
+    import signal
+    import subprocess
+
+    script = (
+        "from mgsd.data.generate import generate_rows\n"
+        "from mgsd.tasks import get_task\n"
+        "generate_rows(get_task('maze'), [5, 6], 100000, split='x', seed=0, progress=False, workers=2)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    children_file = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    children: list[int] = []
+    for _ in range(600):  # bounded wait (up to 60 s) for both workers to start
+        if children_file.exists():
+            children = [int(c) for c in children_file.read_text().split()]
+        if len(children) >= 2 or proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    assert len(children) >= 2, "the workers never started"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    alive = children
+    for _ in range(300):  # bounded wait (up to 30 s) for the kernel to end them
+        alive = [c for c in alive if Path(f"/proc/{c}").exists() and "Z" not in _state(c)]
+        if not alive:
+            break
+        time.sleep(0.1)
+    assert not alive
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "Z"

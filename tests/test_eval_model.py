@@ -362,3 +362,58 @@ def test_cli_bad_input_is_one_line_and_exit_2(args, message, tiny, data, tmp_pat
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("mgsd: error:") and message in err[0]
+
+
+def test_cache_is_keyed_by_what_it_answers(data: Path, samples: dict, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+
+    def solve(q: Query, cfg: GenerationConfig) -> str:
+        return f"<answer>{samples[q.id]['optimal_plan']}</answer>"
+
+    evaluate_model(Canned(solve), [data], out, progress=False)
+    again = Canned(solve)
+    evaluate_model(again, [data], out, progress=False)
+    assert not again.calls  # same data, same backend: all from the cache
+    # Other data under the same ids (here: two FrozenLake rows swap their states and images).
+    rows = read_rows(data)
+    a, b = [r for r in rows if r["task"] == "frozenlake"][:2]
+    a_new = {**a, **{k: b[k] for k in ("state", "image", "optimal_plan", "optimal_length", "level")}}
+    b_new = {**b, **{k: a[k] for k in ("state", "image", "optimal_plan", "optimal_length", "level")}}
+    rows = [a_new if r["id"] == a["id"] else b_new if r["id"] == b["id"] else r for r in rows]
+    other = tmp_path / "other"
+    write_rows(rows, other / "test.parquet")
+    fresh = Canned(lambda q, cfg: "<answer>U</answer>")
+    m = evaluate_model(fresh, [other], out, progress=False)
+    assert sorted(fresh.calls) == sorted([a["id"], b["id"]])  # exactly the changed samples re-asked
+    assert m["n"] == len(rows)
+    # The stale answers are gone from the cache: each id appears once.
+    ids = [r["id"] for r in read_jsonl(out / CACHE_NAME)[1:]]
+    assert len(ids) == len(set(ids)) == len(rows)
+
+
+class Weighted(Canned):
+    def __init__(self, respond, weights: str) -> None:
+        super().__init__(respond)
+        self.weights = weights
+
+    def describe(self) -> dict[str, Any]:
+        return {"type": "canned", "weights": self.weights}
+
+
+def test_cache_reevaluates_other_weights_at_the_same_path(data: Path, samples: dict, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    evaluate_model(Weighted(plan_answer(samples), "w1"), [data], out, model="m", progress=False)
+    retrained = Weighted(lambda q, cfg: "<answer>U</answer>", "w2")
+    m = evaluate_model(retrained, [data], out, model="m", progress=False)
+    assert len(retrained.calls) == m["n"] and m["success"] < 1.0
+
+
+def test_local_backend_fingerprints_its_weights(tiny: Path, tmp_path: Path) -> None:
+    import shutil
+
+    first = LocalBackend.load(str(tiny)).describe()["weights"]
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny, copy)
+    assert LocalBackend.load(str(copy)).describe()["weights"] == first  # content, not path
+    init_tiny(copy, preset="tiny", seed=1)  # "retrained" at the same path
+    assert LocalBackend.load(str(copy)).describe()["weights"] != first

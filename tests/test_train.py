@@ -306,3 +306,71 @@ def test_config_errors_are_one_clear_line(setup, tmp_path, capsys):
         == 2
     )
     assert "not a model directory" in capsys.readouterr().err
+
+
+# -- refusals: non-finite training, resuming with other settings -------------------------------------
+
+
+def test_non_finite_gradient_stops_the_run_and_saves_nothing(setup, tmp_path, monkeypatch):
+    from mgsd.train.checkpoint import checkpoints
+    from mgsd.train.trainer import TrainingError
+
+    root, model = setup
+    original = Trainer._sft_step
+
+    def poisoned(self, exs):
+        out = original(self, exs)
+        if self.step == 1:  # the second step's gradient is NaN
+            next(iter(self.params.values())).grad.fill_(float("nan"))
+        return out
+
+    monkeypatch.setattr(Trainer, "_sft_step", poisoned)
+    out = tmp_path / "nan"
+    with pytest.raises(TrainingError, match=r"non-finite gradient norm \(nan\) at step 2"):
+        train(config(root, model, out, "plan", max_steps=3, save_every=1))
+    assert not (out / "model").exists()
+    assert [c.name for c in checkpoints(out / "checkpoints")] == ["step-000001"]
+    weights = load_file(str(out / "checkpoints" / "step-000001" / "weights.safetensors"))
+    assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+def test_infinite_lr_is_refused_and_huge_lr_never_saves_non_finite_weights(setup, tmp_path, capsys):
+    from mgsd.train.trainer import TrainingError
+
+    root, model = setup
+    with pytest.raises(ConfigError, match=r"optim\.lr must be a finite number > 0, got inf"):
+        config(root, model, tmp_path / "inf", "plan", optim={"lr": "inf"})
+    out = tmp_path / "huge"
+    with pytest.raises(TrainingError, match=r"not finite|non-finite|overflowed"):
+        train(config(root, model, out, "plan", max_steps=4, optim={"lr": 1e38}, save_every=1))
+    assert not (out / "model").exists()
+    for ck in (out / "checkpoints").glob("step-*"):
+        weights = load_file(str(ck / "weights.safetensors"))
+        assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+def test_resume_refuses_other_settings_or_data_naming_them(setup, tmp_path):
+    import shutil
+
+    root, model = setup
+    data = tmp_path / "data"
+    shutil.copytree(root / "train", data)
+    out = tmp_path / "r"
+    cfg = config(root, model, out, "plan", max_steps=3, save_every=1, train_data=[str(data)])
+    train(cfg)
+    # Another lr or objective: refused, naming each changed key with its old and new value.
+    other = config(root, model, out, "symbolic", max_steps=3, train_data=[str(data)], optim={"lr": 0.01})
+    changed = r"cannot resume .*objective \(\"plan\" -> \"symbolic\"\).*optim\.lr \(0\.002 -> 0\.01\)"
+    with pytest.raises(ValueError, match=changed):
+        Trainer(other, resume=True)
+    # Reporting settings may change.
+    same = config(root, model, out, "plan", max_steps=3, train_data=[str(data)], log_every=2, save_every=5)
+    Trainer(same, resume=True).close()
+    # The same data at another path is the same data.
+    moved = tmp_path / "moved"
+    shutil.copytree(data, moved)
+    Trainer(config(root, model, out, "plan", max_steps=3, train_data=[str(moved)]), resume=True).close()
+    # The same path holding other data: refused.
+    generate_dataset(get_task("maze"), [3], 12, split="train", seed=9, out=data, progress=False, workers=1)
+    with pytest.raises(ValueError, match=r"train_data \(content changed\)"):
+        Trainer(same, resume=True)

@@ -32,13 +32,13 @@ def print_metrics(m: dict) -> None:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from mgsd.data.generate import generate_dataset
+    from mgsd.data.generate import MAX_PER_LEVEL, generate_dataset
     from mgsd.tasks import get_task, parse_levels
 
     task = get_task(args.task)
     levels = parse_levels(task, args.levels)
-    if args.per_level < 1:
-        raise ValueError("--per-level must be at least 1")
+    if not 1 <= args.per_level <= MAX_PER_LEVEL:
+        raise ValueError(f"--per-level must be between 1 and {MAX_PER_LEVEL:,}, got {args.per_level:,}")
     path = generate_dataset(
         task,
         levels,
@@ -93,7 +93,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if not sep or not path:
             raise ValueError(f"--external {item!r}: use NAME=PATH, e.g. vsp=DIR")
         external[name] = path
-    summary = run_pipeline(cfg, args.out, external)
+    summary = run_pipeline(cfg, args.out, external, redo=args.redo)
     h = summary["headline"]
     head = f"{'model':<20}{'modality':<10}{'dataset':<26}{'n':>6}"
     print(f"\n{head}{'success':>9}{'optimal':>9}{'progress':>9}  95% CI")
@@ -166,6 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="NAME=PATH",
         help="extra test set: vsp=DIR or visualplanning-<task>=FILE",
+    )
+    run.add_argument(
+        "--redo",
+        action="store_true",
+        help="OUT was made with other settings: re-run the stages they affect and everything downstream "
+        "(without it such a rerun is refused, naming the changed settings)",
     )
     run.set_defaults(func=_cmd_run)
 

@@ -59,8 +59,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if tp is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+            return value.lower() in ("true", "1", "yes", "on")
         raise ConfigError(f"{key}: expected true/false, got {value!r}")
     if tp is int:
         if isinstance(value, bool):
@@ -91,35 +91,112 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"unknown config key {prefix}{unknown[0]} (known: {', '.join(sorted(names))})")
+    data = dict(data)
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        # A partial nested section keeps the field's own defaults for the keys it omits: with
+        # ``stage2.lr=0.1`` the rest of stage 2 stays PipelineConfig's stage 2, not StageSettings().
+        factory = f.default_factory
+        if f.name in data and isinstance(data[f.name], Mapping) and factory is not dataclasses.MISSING:
+            default = factory()
+            if dataclasses.is_dataclass(default):
+                data[f.name] = _deep_merge(to_dict(default), data[f.name])
     kwargs = {k: _convert(v, hints[k], f"{prefix}{k}") for k, v in data.items()}
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{prefix or 'config'}: {exc}") from None
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: {exc}") from None
+
+
+def _deep_merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
+    return out
 
 
 def to_dict(obj: Any) -> dict[str, Any]:
     return dataclasses.asdict(obj)
 
 
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings to dotted keys: ``{"optim": {"lr": 1}}`` -> ``{"optim.lr": 1}``."""
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        if isinstance(v, Mapping) and v:
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def changed_keys(old: Mapping[str, Any], new: Mapping[str, Any], exempt: Sequence[str] = ()) -> list[str]:
+    """Dotted keys whose values differ between two (nested) settings, each as ``key (old -> new)``.
+
+    ``exempt``: keys, or prefixes ending in ".", that may change freely. Values are compared after a
+    JSON round trip (tuples and lists are equal, as they are once written to disk).
+    """
+    import json
+
+    a, b = (flatten(json.loads(json.dumps(x, default=str))) for x in (old, new))
+
+    def free(k: str) -> bool:
+        return any(k == e or (e.endswith(".") and k.startswith(e)) for e in exempt)
+
+    def short(v: Any) -> str:
+        text = "unset" if v is _MISSING else json.dumps(v)
+        return text if len(text) <= 40 else text[:37] + "..."
+
+    return [
+        f"{k} ({short(a.get(k, _MISSING))} -> {short(b.get(k, _MISSING))})"
+        for k in sorted({*a, *b})
+        if not free(k) and a.get(k, _MISSING) != b.get(k, _MISSING)
+    ]
+
+
+_MISSING = object()
+
+
+def _override_value(raw: str) -> Any:
+    """The value of one ``key=value`` override.
+
+    YAML decides only the structure: lists, mappings, null and quoted strings. Any other scalar stays
+    the text as typed, and the field's type converts it (``_convert``), so ``out=0123`` is the
+    directory "0123", not YAML's octal 83, ``out=yes`` is "yes", not True, and ``out=runs #1`` keeps
+    its "#1" (YAML reads a comment); ``max_steps=0123`` is still the integer 123.
+    """
+    text = raw.strip()
+    if not text:
+        return ""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if value is None or isinstance(value, (list, dict)):
+        return value
+    if isinstance(value, str) and text[0] in "'\"":
+        return value
+    return text
+
+
+def set_path(data: dict[str, Any], key: str, value: Any) -> None:
+    """Set dotted ``key`` (``optim.lr``) in nested dict ``data`` in place, copying the mappings on the way."""
+    node = data
+    parts = key.strip().split(".")
+    for p in parts[:-1]:
+        child = node.get(p)
+        node[p] = dict(child) if isinstance(child, Mapping) else {}
+        node = node[p]
+    node[parts[-1]] = value
+
+
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Apply ``a.b=value`` strings (values parsed as YAML scalars) to a nested dict."""
+    """Apply ``a.b=value`` strings to a nested dict (values: see ``_override_value``)."""
     out = dict(data)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
         key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw else ""
-        except yaml.YAMLError:
-            value = raw
-        node = out
-        parts = key.strip().split(".")
-        for p in parts[:-1]:
-            child = node.get(p)
-            node[p] = dict(child) if isinstance(child, Mapping) else {}
-            node = node[p]
-        node[parts[-1]] = value
+        set_path(out, key, _override_value(raw))
     return out
 
 
@@ -146,13 +223,21 @@ def load_section(path: str | Path, section: str) -> dict[str, Any]:
 
 
 def load_config(
-    cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = (), section: str | None = None
+    cls: type[T],
+    path: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    section: str | None = None,
+    values: Mapping[str, Any] | None = None,
 ) -> T:
-    """``cls`` from an optional YAML file (or one section of it, which must exist) plus overrides."""
+    """``cls`` from an optional YAML file (or one section of it, which must exist), then ``values``
+    (dotted keys to values taken as they are, e.g. paths from command-line flags), then overrides."""
     if section is not None:
         if not path:
             raise ConfigError(f"section {section!r} needs a config file")
         data = load_section(path, section)
     else:
         data = load_yaml(path) if path else {}
+    data = dict(data)
+    for key, value in (values or {}).items():
+        set_path(data, key, value)
     return from_dict(cls, apply_overrides(data, overrides))

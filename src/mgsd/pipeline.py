@@ -1,5 +1,9 @@
 """``mgsd run``: the whole MGSD experiment, from data to report, resumable step by step.
 
+Results are keyed by what produced them: ``settings.json`` records the config and a content hash of
+the base weights and external test sets; a rerun with other settings refuses, naming the changed keys,
+unless ``--redo`` (the stages they affect, and everything downstream, are removed and run again).
+
 Steps (each skipped when its output is complete, so a rerun after a crash resumes):
 1. data: decontaminated test / val / train splits for every task (test first, then val and train
    exclude everything before them) plus optional external test sets;
@@ -22,15 +26,17 @@ from __future__ import annotations
 
 import json
 import resource
+import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mgsd.config import apply_overrides, from_dict, to_dict
+from mgsd.config import ConfigError, apply_overrides, changed_keys, from_dict, to_dict
 from mgsd.data.generate import generate_dataset, read_state_hashes, state_hash
 from mgsd.data.importers import check_imported
-from mgsd.data.io import read_rows
+from mgsd.data.io import read_rows, tree_fingerprint
 from mgsd.eval.plans import read_jsonl, write_json
 from mgsd.tasks import get_task, parse_levels
 from mgsd.train.pretrain import PretrainConfig
@@ -46,6 +52,15 @@ class DataSettings:
     val_per_level: int = 4
     train_per_level: int = 800
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        # Refused here, before any work: 0 test samples trained every stage and then had nothing to
+        # report; a val split may be empty (no validation during training).
+        if self.test_per_task < 1 or self.train_per_level < 1 or self.val_per_level < 0:
+            raise ValueError(
+                "test_per_task and train_per_level must be at least 1 and val_per_level at least 0, got "
+                f"{self.test_per_task}, {self.train_per_level}, {self.val_per_level}"
+            )
 
 
 @dataclass
@@ -194,17 +209,17 @@ def overlap(data: Path, seen: frozenset[str]) -> dict[str, Any]:
     return {"n": len(rows), "seen_in_pretraining": hits}
 
 
-def train_stage(
+def stage_config(
     cfg: PipelineConfig,
     st: StageSettings,
     objective: str,
     model: Path,
     out: Path,
     data: Path,
-    extra: list[str] = (),
-) -> None:
+    extra: Sequence[str] = (),
+) -> Any:
+    """The TrainConfig of one stage (ConfigError naming the key when the settings cannot train)."""
     from mgsd.train.config import TrainConfig
-    from mgsd.train.trainer import train
 
     settings = {
         "objective": objective,
@@ -223,9 +238,22 @@ def train_stage(
         "lora": {"r": st.lora_r, "full_vision": st.full_vision and st.lora_r > 0},
         "opsd": {"max_new_tokens": st.max_new_tokens},
     }
-    tc = from_dict(TrainConfig, apply_overrides(settings, [*extra, *st.overrides]))
-    from mgsd.train.checkpoint import latest_checkpoint
+    return from_dict(TrainConfig, apply_overrides(settings, [*extra, *st.overrides]))
 
+
+def train_stage(
+    cfg: PipelineConfig,
+    st: StageSettings,
+    objective: str,
+    model: Path,
+    out: Path,
+    data: Path,
+    extra: Sequence[str] = (),
+) -> None:
+    from mgsd.train.checkpoint import latest_checkpoint
+    from mgsd.train.trainer import train
+
+    tc = stage_config(cfg, st, objective, model, out, data, extra)
     train(tc, resume=latest_checkpoint(out / "checkpoints") is not None)
 
 
@@ -237,12 +265,20 @@ def _done(model_dir: Path) -> bool:
 
 
 def run_pipeline(
-    cfg: PipelineConfig, out: str | Path, external: dict[str, str] | None = None
+    cfg: PipelineConfig, out: str | Path, external: dict[str, str] | None = None, *, redo: bool = False
 ) -> dict[str, Any]:
+    """The whole experiment in ``out``. A rerun resumes; one with other settings than those ``out``
+    was made with refuses, naming them, unless ``redo`` (then the stages they affect, and everything
+    downstream, are removed and run again)."""
     from mgsd.models.tiny import PRESETS
 
+    stages_for_check = _stages(cfg, Path(out) / "models", Path("base"))
+    check_settings(cfg, stages_for_check)
+    settings = run_settings(cfg, external or {})
+    reconcile(Path(out), settings, redo=redo)
     run = Run(cfg, out)
     root = run.out
+    write_json(settings, root / SETTINGS_FILE)
     (root / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
     m = root / "models"
     data = root / "data"
@@ -265,8 +301,38 @@ def run_pipeline(
     seen = read_state_hashes(base)
     run.stage("data", (data / "COMPLETE").exists(), lambda: build_data(cfg, data, ext_dirs, seen))
 
+    stages = _stages(cfg, m, base)
+    for name, objective, st, src, dst, extra in stages:
+        run.stage(
+            name,
+            _done(dst / "model"),
+            lambda o=objective, s=st, a=src, b=dst, e=extra: train_stage(cfg, s, o, a, b, data, e),
+        )
+
+    models = {
+        "base": base,
+        "coldstart": m / "coldstart" / "model",
+        "mgsd": m / "mgsd" / "model",
+    }
+    models.update({b: m / b / "model" for b in cfg.baselines})
+    evaluate_all(cfg, run, models, data, ext_dirs)
+    summary = summarize(cfg, run, models, ext_dirs)
+    summary["overlap_with_pretraining"] = {
+        name: overlap(d, seen) for name, d in {"test": data / "test", **ext_dirs}.items()
+    }
+    write_json(summary, run.out / "summary.json")
+    from mgsd.report.build import build_report
+
+    build_report(root)
+    return summary
+
+
+Stage = tuple[str, str, StageSettings, Path, Path, list[str]]
+
+
+def _stages(cfg: PipelineConfig, m: Path, base: Path) -> list[Stage]:
+    """(name, objective, settings, start from, output dir, extra TrainConfig settings) of each stage."""
     budget = cfg.stage1.steps + cfg.stage2.steps
-    # (name, objective, settings, start from, output dir, extra TrainConfig settings)
     stages = [
         ("stage 1: cold-start perception SFT", "perception", cfg.stage1, base, m / "coldstart", []),
         (
@@ -304,29 +370,108 @@ def run_pipeline(
                 ["opsd.teacher=base", "opsd.privileged=state"],
             )
         )
+    return stages
+
+
+def check_settings(cfg: PipelineConfig, stages: Sequence[Stage]) -> None:
+    """Everything that can be refused before any work: levels, counts, every stage's TrainConfig."""
+    for name in cfg.data.tasks:
+        _levels(cfg, name)  # unknown task, "6-3", out-of-range level
     for name, objective, st, src, dst, extra in stages:
-        run.stage(
-            name,
-            _done(dst / "model"),
-            lambda o=objective, s=st, a=src, b=dst, e=extra: train_stage(cfg, s, o, a, b, data, e),
+        try:
+            stage_config(cfg, st, objective, src, dst, Path("data"), extra)
+        except ConfigError as exc:
+            raise ConfigError(f"{name}: {exc}") from None
+    if cfg.eval_max_new_tokens < 1 or cfg.eval_batch_size < 1:
+        raise ConfigError("eval_max_new_tokens and eval_batch_size must be at least 1")
+
+
+# -- stale results ------------------------------------------------------------------------------------
+
+SETTINGS_FILE = "settings.json"
+# Settings that never change a finished result: how a run reports, and the list of baselines (a new
+# one is simply run; a dropped one is no longer reported).
+RUN_EXEMPT = ("progress", "baselines")
+_FROM_COLDSTART = ("mgsd", "mgsd_no_plan")  # stages that start from stage 1's model
+_ALL_MODELS = ("coldstart", "mgsd", "plan_sft", "opsd_no_coldstart", "mgsd_no_plan")
+
+
+def run_settings(cfg: PipelineConfig, external: dict[str, str]) -> dict[str, Any]:
+    """What a run's results depend on: its config and the content of its inputs (the base model
+    directory unless pretrained inside the run, and every external test set)."""
+    from mgsd.models.tiny import PRESETS
+
+    settings: dict[str, Any] = {"config": to_dict(cfg)}
+    if cfg.model not in PRESETS:
+        base = shipped_base() if cfg.model == "tiny-base" else Path(cfg.model)
+        settings["base_weights"] = (
+            tree_fingerprint(base, (".safetensors", ".json", ".txt")) if base.is_dir() else str(cfg.model)
         )
+    # By content: the same files at another path are the same test set.
+    settings["external"] = {name: tree_fingerprint(src) for name, src in sorted(external.items())}
+    return settings
 
-    models = {
-        "base": base,
-        "coldstart": m / "coldstart" / "model",
-        "mgsd": m / "mgsd" / "model",
-    }
-    models.update({b: m / b / "model" for b in cfg.baselines})
-    evaluate_all(cfg, run, models, data, ext_dirs)
-    summary = summarize(cfg, run, models, ext_dirs)
-    summary["overlap_with_pretraining"] = {
-        name: overlap(d, seen) for name, d in {"test": data / "test", **ext_dirs}.items()
-    }
-    write_json(summary, run.out / "summary.json")
-    from mgsd.report.build import build_report
 
-    build_report(root)
-    return summary
+def _affected(key: str) -> set[str]:
+    """Directories (relative to the run) holding results that depend on the dotted settings ``key``:
+    a model's training directory goes with its evaluation (``eval/NAME``)."""
+    everything = {f"models/{n}" for n in _ALL_MODELS} | {"eval"}
+    top = key.split(".")[0]
+    if top in ("model", "base_weights", "pretrain"):
+        return {"data", "models/pretrain", *everything}
+    if top in ("data", "external"):  # the test split excludes the external sets' states: data is redone
+        return {"data", *everything}
+    if top == "seed":
+        return everything
+    if key.startswith("stage1."):
+        names = {"coldstart", "plan_sft", *_FROM_COLDSTART}
+    elif key.startswith("stage2."):
+        names = {"mgsd", "opsd_no_coldstart", "mgsd_no_plan"}
+        if key == "stage2.steps":
+            names.add("plan_sft")  # its sample budget is stage 1 + stage 2 steps
+    else:
+        return {"eval"}  # eval_* settings, analysis_models
+    return {f"models/{n}" for n in names} | {f"eval/{n}" for n in names}
+
+
+def reconcile(out: Path, settings: dict[str, Any], *, redo: bool) -> None:
+    """Refuse (or with ``redo`` clear) results in ``out`` that other settings produced."""
+    f = out / SETTINGS_FILE
+    legacy = not f.is_file()
+    if not legacy:
+        old = json.loads(f.read_text())
+    elif (out / "config.json").is_file():  # a run of an older mgsd: its config (the inputs unknown)
+        old = {**settings, "config": json.loads((out / "config.json").read_text())}
+    else:
+        return  # a new run
+    from mgsd.models.tiny import PRESETS
+
+    exempt = [f"config.{k}" for k in RUN_EXEMPT]
+    if settings["config"]["model"] not in PRESETS and old.get("config", {}).get("model") not in PRESETS:
+        exempt.append("config.pretrain.")  # only read when the base is pretrained inside the run
+    changes = changed_keys(old, settings, exempt)
+    if legacy:  # keys added since that version were not settings then
+        changes = [c for c in changes if "(unset -> " not in c]
+    if not changes:
+        return
+    keys = [c.split(" ", 1)[0].removeprefix("config.") for c in changes]
+    if not redo:
+        shown = ", ".join(c.removeprefix("config.") for c in changes[:4])
+        more = f" and {len(changes) - 4} more" if len(changes) > 4 else ""
+        raise ValueError(
+            f"{out} was made with other settings ({shown}{more}): pass --redo to re-run the stages "
+            "they affect, or choose another --out"
+        )
+    stale: set[str] = set()
+    for k in keys:
+        stale |= _affected(k)
+    for rel in sorted(stale):
+        target = out / rel
+        if target.exists():
+            shutil.rmtree(target)
+    for rel in ("summary.json", "report.html"):
+        (out / rel).unlink(missing_ok=True)
+    print(f"== redo: {', '.join(keys)} changed; removed {', '.join(sorted(stale))}", flush=True)
 
 
 def evaluate_all(

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import random
+import signal
+import sys
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -18,6 +21,18 @@ from mgsd.tasks import Task, get_task
 # Consecutive duplicates tolerated per sample before concluding a level is exhausted (small levels,
 # e.g. Maze 3x3, have only thousands of distinct instances).
 MAX_DUPLICATE_RUN = 2000
+# A dataset is built in memory (PNG bytes included, ~2 KB a sample), so a count beyond this is a slip
+# (``--per-level 1000000000000``) refused before any work rather than a run that dies hours later.
+MAX_PER_LEVEL = 1_000_000
+
+
+def check_counts(levels: Sequence[int], per_level: int) -> None:
+    """ValueError unless there is at least one level and 0 <= per_level <= MAX_PER_LEVEL (0 writes an
+    empty split, e.g. no validation set)."""
+    if not levels:
+        raise ValueError("no levels to generate (an empty level range?)")
+    if not 0 <= per_level <= MAX_PER_LEVEL:
+        raise ValueError(f"per-level count must be between 0 and {MAX_PER_LEVEL:,}, got {per_level:,}")
 
 
 def sample_seed(seed: int, task: str, split: str, level: int, attempt: int) -> int:
@@ -55,6 +70,20 @@ def _draw(job: tuple[str, int, int, bool]) -> tuple[str, str, int, bytes]:
     return task.dump_state(state), task.format_plan(plan), len(plan), image
 
 
+def _die_with_parent(parent: int) -> None:
+    """Worker initializer: on Linux, ask the kernel to end this worker when its parent dies, so a
+    ``kill -9`` of ``mgsd data generate`` leaves no orphaned render processes behind."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # no prctl: orphans are the OS's default, nothing worse
+        return
+    if os.getppid() != parent:  # the parent died before the call took effect
+        os._exit(1)
+
+
 def default_workers() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
@@ -86,6 +115,7 @@ def generate_rows(
     so consecutive calls sharing it never repeat a state across splits. States are drawn sequentially
     (deduplication is order-dependent); rendering is spread over ``workers`` processes. The result
     does not depend on ``workers``."""
+    check_counts(levels, per_level)
     seen = exclude if exclude is not None else set()
     rows: list[dict[str, Any]] = []
     bar = tqdm(
@@ -95,7 +125,9 @@ def generate_rows(
         disable=not progress,
         leave=False,
     )
-    pool = ProcessPoolExecutor(workers) if workers > 1 and per_level * len(levels) >= 64 else None
+    pool = None
+    if workers > 1 and per_level * len(levels) >= 64:
+        pool = ProcessPoolExecutor(workers, initializer=_die_with_parent, initargs=(os.getpid(),))
     batch = 64 if pool else 1
     try:
         for level in levels:
@@ -157,6 +189,7 @@ def generate_dataset(
 ) -> Path:
     """Generate and write ``OUT/{task}-{split}.parquet`` plus a manifest; returns the file path.
     ``exclude_hashes``: ``state_hash`` values never to draw (a pretrained base's training states)."""
+    check_counts(levels, per_level)
     out = Path(out)
     keys = state_keys(task, exclude_dirs) if exclude_dirs else set()
     if exclude is not None:

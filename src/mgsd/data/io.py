@@ -8,6 +8,7 @@ temporary name and renamed, so a killed run never leaves a half-written file tha
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -129,6 +130,31 @@ def read_rows(
                 raise DataError(f"duplicate sample id {r['id']!r}")
             seen.add(r["id"])
     return rows
+
+
+def tree_fingerprint(
+    paths: str | os.PathLike | Iterable[str | os.PathLike], suffixes: Sequence[str] | None = None
+) -> str:
+    """A content hash of files (and of the files under directories, recursively) whose names end in
+    one of ``suffixes`` (all files when None): names relative to their root plus bytes, in sorted
+    order. It keys results by what produced them (a dataset or weights rewritten at the same path
+    change it; a copy elsewhere does not); a path that does not exist contributes nothing."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    h = hashlib.blake2b(digest_size=16)
+    for i, root in enumerate(map(Path, paths)):
+        files = [root] if root.is_file() else sorted(f for f in root.rglob("*") if f.is_file())
+        h.update(f"root:{i}\0".encode())  # the position, not the name: a copied directory is the same
+        for f in files:
+            if suffixes is not None and not f.name.endswith(tuple(suffixes)):
+                continue
+            if any(part.startswith(".") for part in f.relative_to(root).parts if f != root):
+                continue  # hidden files: temporary writes, caches
+            h.update(f"file:{f.relative_to(root) if f != root else f.name}\0".encode())
+            with f.open("rb") as fh:
+                while chunk := fh.read(1 << 20):
+                    h.update(chunk)
+    return h.hexdigest()
 
 
 def decode_image(data: bytes | Image.Image) -> Image.Image:

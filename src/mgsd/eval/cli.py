@@ -101,6 +101,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     sv.add_argument("--dtype", default="float32")
     sv.add_argument("--trust-remote-code", action="store_true")
     sv.add_argument("--verbose", action="store_true", help="log every request")
+    sv.add_argument("--max-body", type=int, default=None, help="largest request body in bytes (413 above)")
+    sv.add_argument("--max-prompt-tokens", type=int, default=None, help="text + image tokens per request")
+    sv.add_argument("--max-image-pixels", type=int, default=None, help="width x height per image")
+    sv.add_argument("--max-queue", type=int, default=None, help="requests waiting for the model (503 above)")
+    sv.add_argument("--request-timeout", type=float, default=None, help="seconds to send a request (408)")
     sv.set_defaults(func=_cmd_serve)
     return ev
 
@@ -223,8 +228,14 @@ def _cmd_gap(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from mgsd.eval.serve import serve_model
+    from mgsd.eval.serve import Limits, serve_model
 
+    given = {
+        k: getattr(args, k)
+        for k in ("max_body", "max_prompt_tokens", "max_image_pixels", "max_queue", "request_timeout")
+        if getattr(args, k) is not None
+    }
+    limits = Limits(**given)  # ValueError (one line, exit 2) for a non-positive limit
     try:
         serve_model(
             args.model,
@@ -236,6 +247,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             dtype=args.dtype,
             trust_remote_code=args.trust_remote_code,
             verbose=args.verbose,
+            limits=limits,
         )
     except KeyboardInterrupt:
         print("stopped")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from mgsd.eval.backends import GenerationConfig, Query, Reply, one_line
@@ -46,6 +47,13 @@ class LocalBackend:
         self.bb = backbone
         self.batch_size = batch_size
         self.name = name
+        # The weights' content, so cached answers of other (e.g. retrained) weights at the same path
+        # are never reused; a backbone built in memory has none.
+        self.weights: str | None = None
+        if name and Path(name).is_dir():
+            from mgsd.data.io import tree_fingerprint
+
+            self.weights = tree_fingerprint(name, (".safetensors", ".json", ".bin", ".txt", ".model"))
 
     @classmethod
     def load(
@@ -74,6 +82,7 @@ class LocalBackend:
             "batch_size": self.batch_size,
             "dtype": str(self.bb.param_dtype).removeprefix("torch."),
             "device": str(self.bb.device),
+            "weights": self.weights,
         }
 
     def _run(self, queries: Sequence[Query], cfg: GenerationConfig) -> list[Reply]:

@@ -9,7 +9,10 @@ followed by the image, scored with ``score_perception`` (exact, set-based; a mis
 Output directory (the same files as ``mgsd eval plans``, plus each sample's ``response``):
 
     .cache.jsonl     append-only finished responses, flushed after every batch; the first line holds the
-                     run's settings, so a rerun with other settings refuses instead of mixing them
+                     run's settings, so a rerun with other settings refuses instead of mixing them;
+                     each response carries the ``key`` of what it answers (the model's weights, the
+                     system and user text, the image pixels), so a rerun on other data under the
+                     same ids, or with retrained weights at the same path, answers those afresh
     samples.jsonl    one scored record per sample, in dataset order (``error`` set for failed requests)
     metrics.json     aggregates with 95% bootstrap CIs (perception: ``perception_metrics.json``);
                      written last, so its presence means the run finished
@@ -25,6 +28,7 @@ its CIs resample dataset samples (the seeds of one sample move together).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -150,6 +154,17 @@ class ResponseCache:
             records[rec["id"]] = rec
         return records
 
+    def rewrite(self, records: Iterable[Mapping[str, Any]]) -> None:
+        """Replace the cache by ``records`` (dropping stale answers), atomically."""
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        with tmp.open("w", encoding="utf-8") as f:
+            f.write(json.dumps({"settings": self.settings}) + "\n")
+            for r in records:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
     def append(self, records: Iterable[Mapping[str, Any]]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         new = not self.path.exists() or self.path.stat().st_size == 0
@@ -162,9 +177,30 @@ class ResponseCache:
             os.fsync(f.fileno())  # a kill right after this batch keeps it
 
 
-def _record(sample_id: str, reply: Reply) -> dict[str, Any]:
+def query_key(q: Query, identity: str = "") -> str:
+    """A hash of everything a response answers: the backend's ``identity`` (its weights), the system
+    text and the user turn, text and image pixels alike (not the id, which names it only)."""
+    h = hashlib.blake2b(digest_size=16)
+    for part in (identity, q.system or ""):
+        h.update(f"s{len(part)}:".encode() + part.encode())
+    for part in q.user:
+        if isinstance(part, str):
+            h.update(f"t{len(part)}:".encode() + part.encode())
+        else:
+            h.update(f"i{part.mode}{part.size}:".encode() + part.tobytes())
+    return h.hexdigest()
+
+
+def backend_identity(backend: Backend) -> str:
+    """What, besides the settings in the cache header, makes a backend's answers its own: a local
+    model's weights fingerprint (``describe()["weights"]``); empty when unknown (an API)."""
+    return str(backend.describe().get("weights") or "")
+
+
+def _record(sample_id: str, reply: Reply, key: str | None = None) -> dict[str, Any]:
     return {
         "id": sample_id,
+        "key": key,
         "response": reply.text,
         "error": reply.error,
         "tokens": reply.tokens,
@@ -189,9 +225,26 @@ def run_queries(
     if batch_size < 1:
         raise ValueError("--batch-size must be at least 1")
     done = cache.load()
-    ids = {s["id"] for s in samples}
-    results = {i: r for i, r in done.items() if i in ids}
-    pending = [s for s in samples if s["id"] not in results]
+    identity = backend_identity(backend)
+    results: dict[str, dict[str, Any]] = {}
+    keys: dict[str, str] = {}
+    pending: list[Mapping[str, Any]] = []
+    stale: set[str] = set()
+    for s in samples:  # queries are rebuilt per batch below: holding every image at once would not scale
+        try:
+            keys[s["id"]] = query_key(make_query(s), identity)
+        except ValueError:
+            pending.append(s)  # recorded as bad input below
+            continue
+        cached = done.get(s["id"])
+        if cached is not None and cached.get("key") == keys[s["id"]]:
+            results[s["id"]] = cached
+        else:
+            if cached is not None:  # the same id asked something else (other data or weights)
+                stale.add(s["id"])
+            pending.append(s)
+    if stale:  # drop the stale answers (answers to ids not asked now are kept)
+        cache.rewrite(r for i, r in done.items() if i not in stale)
     bar = tqdm(
         total=len(samples),
         initial=len(samples) - len(pending),
@@ -211,7 +264,7 @@ def run_queries(
             replies = backend.generate(queries, cfg) if queries else []
             if len(replies) != len(queries):
                 raise RuntimeError(f"backend returned {len(replies)} replies for {len(queries)} queries")
-            fresh = [_record(q.id, r) for q, r in zip(queries, replies, strict=True)]
+            fresh = [_record(q.id, r, keys.get(q.id)) for q, r in zip(queries, replies, strict=True)]
             cache.append(r for r in fresh if r["error"] is None)  # failures are retried by a rerun
             results.update((r["id"], r) for r in fresh)
             failed = sum(r["error"] is not None for r in results.values())
@@ -322,10 +375,7 @@ def _combine_seeds(
 
     Written with ``write_results``; its ``missing_predictions`` is 0 here (mean rows never lack a response).
     """
-    runs = {
-        s: read_jsonl(out / f"seed{s}" / "samples.jsonl")
-        for s in per_seed
-    }
+    runs = {s: read_jsonl(out / f"seed{s}" / "samples.jsonl") for s in per_seed}
     first = runs[min(runs)]
     rows = []
     for i, base in enumerate(first):

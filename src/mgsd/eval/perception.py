@@ -19,9 +19,11 @@ from typing import Any
 from mgsd.tasks import MOVE_WORDS, PerceptionItem
 from mgsd.tasks.maze import GLYPH_MOVES
 
-_SECTION = re.compile(r"^\s*(\d+)\s*[.)]\s?", re.MULTILINE)
+# Linear on untrusted answers: "^[ \t]*" (not "^\s*", which rescans every following blank line from
+# each line start) and a digit run matched only from its first digit ("(?<!\d)").
+_SECTION = re.compile(r"^[ \t]*(\d+)\s*[.)]\s?", re.MULTILINE)
 _CELL = re.compile(r"\(\s*(\d+)\s*,\s*(\d+)\s*\)")
-_SIZE = re.compile(r"(\d+)\s*[x×X*]\s*(\d+)")
+_SIZE = re.compile(r"(?<!\d)(\d+)\s*[x×X*]\s*(\d+)")
 _WORDS = ("up", "right", "down", "left")
 _NONE = re.compile(r"\b(none|empty|no cells?|nothing)\b", re.IGNORECASE)
 
@@ -32,7 +34,7 @@ def split_keyed(text: str, keys: Sequence[str]) -> dict[str, str]:
     if not keys:
         return {}
     pattern = re.compile(
-        r"^\s*(" + "|".join(re.escape(k) for k in sorted(keys, key=len, reverse=True)) + r")\s*:[ \t]*",
+        r"^[ \t]*(" + "|".join(re.escape(k) for k in sorted(keys, key=len, reverse=True)) + r")\s*:[ \t]*",
         re.MULTILINE,
     )
     marks = list(pattern.finditer(text or ""))

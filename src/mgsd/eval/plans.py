@@ -31,9 +31,12 @@ def read_predictions(path: str | Path) -> dict[str, str]:
             raise DataError(f"{path}:{lineno}: expected a JSON object with 'id' and 'response'") from None
         if not isinstance(resp, str) and resp is not None:
             raise DataError(f"{path}:{lineno}: 'response' must be a string")
+        if isinstance(sid, bool) or not isinstance(sid, (str, int)):  # a list or dict cannot name a sample
+            raise DataError(f"{path}:{lineno}: 'id' must be a string, got {type(sid).__name__}")
+        sid = str(sid)
         if sid in preds:
             raise DataError(f"{path}:{lineno}: duplicate prediction for id {sid!r}")
-        preds[str(sid)] = resp
+        preds[sid] = resp
     return preds
 
 

@@ -11,7 +11,14 @@ Only the standard library HTTP server (``ThreadingHTTPServer``) and the ``Backbo
 Handler threads only parse and validate; one worker thread owns the model, so model calls never run
 concurrently. It batches requests that arrive together and share generation settings (up to
 ``max_batch``), which is what makes concurrent clients faster than one request at a time. A bad request
-is an HTTP 400 with an OpenAI-style ``{"error": {...}}`` body; nothing is fetched from the network.
+is an HTTP 4xx with an OpenAI-style ``{"error": {...}}`` body; nothing is fetched from the network.
+
+Model outputs and requests are untrusted, so every resource a request can claim is bounded (``Limits``)
+and refused before it is spent: the body size (413, checked against ``Content-Length`` before reading;
+a missing, malformed or negative one is 411 / 400), the time to send it (408 after ``request_timeout``
+seconds, so a body shorter than its ``Content-Length`` cannot hold a thread), the JSON nesting depth,
+the pixels of each image (checked from the header, before decoding: no decompression bombs), the
+prompt's tokens, and the number of requests waiting for the model (503 when the queue is full).
 """
 
 from __future__ import annotations
@@ -32,6 +39,25 @@ from typing import Any
 from PIL import Image
 
 MAX_BODY = 64 * 1024 * 1024  # bytes; a few hundred 512px PNGs
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may claim (see the module doc); each excess is refused with a 4xx."""
+
+    max_body: int = MAX_BODY  # bytes
+    max_depth: int = 32  # JSON nesting (a chat request needs 5)
+    max_image_pixels: int = 4096 * 4096  # per image, from its header
+    max_prompt_tokens: int = 32768  # text tokens plus image tokens, all messages together
+    max_queue: int = 64  # requests waiting for the model; more get 503
+    request_timeout: float = 30.0  # seconds to send the request (socket timeout)
+
+    def __post_init__(self) -> None:
+        for name in ("max_body", "max_depth", "max_image_pixels", "max_prompt_tokens", "max_queue"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if not self.request_timeout > 0:
+            raise ValueError("request_timeout must be positive")
 
 
 class RequestError(Exception):
@@ -60,7 +86,7 @@ class Params:
         return (self.max_tokens, greedy, None if greedy else (self.temperature, self.top_p, self.seed))
 
 
-def _decode_data_url(url: Any, where: str) -> Image.Image:
+def _decode_data_url(url: Any, where: str, max_pixels: int = 4096 * 4096) -> Image.Image:
     if not isinstance(url, str) or not url.startswith("data:"):
         raise RequestError(f"{where}: only data: URLs are supported (no network access)", param=where)
     head, _, payload = url.partition(",")
@@ -68,13 +94,20 @@ def _decode_data_url(url: Any, where: str) -> Image.Image:
         raise RequestError(f"{where}: the data URL must be base64-encoded", param=where)
     try:
         image = Image.open(io.BytesIO(base64.b64decode(payload, validate=True)))
+        w, h = image.size  # from the header: a small PNG can claim gigapixels (a decompression bomb)
+        if w * h > max_pixels:
+            raise RequestError(
+                f"{where}: the image has {w}x{h} pixels, more than the {max_pixels} allowed",
+                param=where,
+                code="image_too_large",
+            )
         image.load()
-    except (binascii.Error, ValueError, OSError) as exc:
+    except (binascii.Error, ValueError, OSError, Image.DecompressionBombError) as exc:
         raise RequestError(f"{where}: cannot decode the image ({exc})", param=where) from None
     return image.convert("RGB")
 
 
-def _content(content: Any, where: str) -> list[dict[str, Any]]:
+def _content(content: Any, where: str, max_pixels: int = 4096 * 4096) -> list[dict[str, Any]]:
     if isinstance(content, str):
         return [{"type": "text", "text": content}]
     if not isinstance(content, list) or not content:
@@ -88,7 +121,7 @@ def _content(content: Any, where: str) -> list[dict[str, Any]]:
         elif kind == "image_url":
             ref = part.get("image_url")
             url = ref.get("url") if isinstance(ref, dict) else ref
-            parts.append({"type": "image", "image": _decode_data_url(url, at)})
+            parts.append({"type": "image", "image": _decode_data_url(url, at, max_pixels)})
         else:
             raise RequestError(f"{at}: expected a text or image_url part", param=at)
     return parts
@@ -103,8 +136,11 @@ def _number(body: Mapping[str, Any], name: str, default: float, lo: float, hi: f
     return float(value)
 
 
-def parse_request(body: Any, served_name: str, max_tokens_limit: int) -> tuple[list[dict[str, Any]], Params]:
+def parse_request(
+    body: Any, served_name: str, max_tokens_limit: int, limits: Limits | None = None
+) -> tuple[list[dict[str, Any]], Params]:
     """Validate a chat-completions body: (Backbone conversation with PIL images, generation params)."""
+    limits = limits or Limits()
     if not isinstance(body, dict):
         raise RequestError("the request body must be a JSON object")
     model = body.get("model")
@@ -128,7 +164,9 @@ def parse_request(body: Any, served_name: str, max_tokens_limit: int) -> tuple[l
         role = m.get("role") if isinstance(m, dict) else None
         if role not in ("system", "user", "assistant"):
             raise RequestError(f"{where}.role must be system, user or assistant", param=where)
-        conversation.append({"role": role, "content": _content(m.get("content"), where)})
+        conversation.append(
+            {"role": role, "content": _content(m.get("content"), where, limits.max_image_pixels)}
+        )
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     if max_tokens is None:
         max_tokens = max_tokens_limit
@@ -150,6 +188,61 @@ def parse_request(body: Any, served_name: str, max_tokens_limit: int) -> tuple[l
     return conversation, params
 
 
+def json_depth(value: Any, limit: int) -> int:
+    """The nesting depth of a parsed JSON value, walked without recursion; stops past ``limit``."""
+    depth, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, (dict, list)):
+            depth = max(depth, d)
+            if depth > limit:
+                return depth
+            stack.extend((c, d + 1) for c in (v.values() if isinstance(v, dict) else v))
+    return depth
+
+
+def parse_body(data: bytes, limits: Limits) -> Any:
+    """The JSON of a request body; RequestError (400) for invalid or too deeply nested JSON."""
+    try:
+        body = json.loads(data or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise RequestError("the request body is not valid JSON") from None
+    except RecursionError:  # the C decoder's own guard, far past any sane depth
+        raise RequestError(f"the JSON is nested more than {limits.max_depth} levels deep") from None
+    if json_depth(body, limits.max_depth) > limits.max_depth:
+        raise RequestError(f"the JSON is nested more than {limits.max_depth} levels deep")
+    return body
+
+
+def content_length(value: str | None, limits: Limits) -> int:
+    """The declared body size: 411 when missing, 400 when not a non-negative integer, 413 when over."""
+    if value is None:
+        raise RequestError("a Content-Length header is required", status=411)
+    text = value.strip()
+    if not text.isdigit() or not text.isascii():  # "abc", "-5", "1e3", "５"
+        raise RequestError(f"Content-Length must be a non-negative integer, got {value[:40]!r}")
+    length = int(text)
+    if length > limits.max_body:
+        raise RequestError(f"request body over {limits.max_body} bytes", status=413, code="body_too_large")
+    return length
+
+
+def _too_long(n: int, limit: int) -> RequestError:
+    return RequestError(
+        f"the prompt has {n} tokens, more than the {limit} allowed",
+        param="messages",
+        code="context_length_exceeded",
+    )
+
+
+def precheck_prompt(conversation: list[dict[str, Any]], limit: int) -> None:
+    """Refuse, without tokenizing, a text no tokenizer fits in ``limit`` tokens (over 16 characters a
+    token); the exact count is the model worker's (it alone uses the tokenizer)."""
+    chars = sum(len(p["text"]) for m in conversation for p in m["content"] if p["type"] == "text")
+    if chars // 16 > limit:
+        raise _too_long(chars // 16, limit)
+
+
 @dataclass(eq=False)  # jobs are told apart by identity: two identical requests are two jobs
 class _Job:
     conversation: list[dict[str, Any]]
@@ -163,11 +256,20 @@ class ModelWorker:
     """The one thread that calls the model, batching queued jobs with equal generation settings."""
 
     def __init__(
-        self, backbone: Any, *, max_batch: int = 8, window: float = 0.01, max_wait: float = 0.05
+        self,
+        backbone: Any,
+        *,
+        max_batch: int = 8,
+        window: float = 0.01,
+        max_wait: float = 0.05,
+        max_queue: int = 64,
+        max_prompt_tokens: int = 32768,
     ) -> None:
         if max_batch < 1:
             raise ValueError("--max-batch must be at least 1")
         self.bb, self.max_batch, self.window, self.max_wait = backbone, max_batch, window, max_wait
+        self.max_queue, self.max_prompt_tokens = max_queue, max_prompt_tokens
+        self._image_tokens: dict[tuple[int, int], int] = {}  # by image size
         self._jobs: list[_Job] = []
         self._cond = threading.Condition()
         self._stop = False
@@ -178,6 +280,12 @@ class ModelWorker:
     def submit(self, conversation: list[dict[str, Any]], params: Params) -> dict[str, Any]:
         job = _Job(conversation, params)
         with self._cond:
+            if len(self._jobs) >= self.max_queue:  # refuse now rather than make every client wait
+                raise RequestError(
+                    f"the server is busy ({self.max_queue} requests waiting); retry later",
+                    status=503,
+                    code="server_busy",
+                )
             self._jobs.append(job)
             self._cond.notify()
         job.done.wait()
@@ -215,7 +323,45 @@ class ModelWorker:
                 self._jobs = [j for j in self._jobs if j not in batch]
             self._run(batch)
 
+    def prompt_tokens(self, conversation: list[dict[str, Any]]) -> int:
+        """Text tokens plus image tokens (without the chat template's few). Byte-level BPE gives at
+        most one token a UTF-8 byte, so a prompt within the limit in bytes is not tokenized."""
+        n = 0
+        texts = []
+        for m in conversation:
+            for p in m["content"]:
+                if p["type"] == "text":
+                    texts.append(p["text"])
+                else:
+                    size = p["image"].size
+                    if size not in self._image_tokens:
+                        self._image_tokens[size] = self.bb.image_token_count(size)
+                    n += self._image_tokens[size]
+        if n + sum(len(t.encode()) for t in texts) <= self.max_prompt_tokens:
+            return n
+        return n + sum(len(self.bb.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
+
+    def _admit(self, batch: list[_Job]) -> list[_Job]:
+        """The jobs whose prompt fits; the others are answered with a 400 now."""
+        ok = []
+        for job in batch:
+            try:
+                n = self.prompt_tokens(job.conversation)
+            except Exception as exc:  # a prompt the tokenizer or processor refuses
+                job.error = RequestError(f"the model could not process the request: {exc}")
+                job.done.set()
+                continue
+            if n > self.max_prompt_tokens:
+                job.error = _too_long(n, self.max_prompt_tokens)
+                job.done.set()
+            else:
+                ok.append(job)
+        return ok
+
     def _run(self, batch: list[_Job]) -> None:
+        batch = self._admit(batch)
+        if not batch:
+            return
         try:
             self._generate(batch)
         except Exception as exc:
@@ -281,19 +427,34 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send(404, RequestError(f"no route GET {path}", status=404).body())
 
+    def setup(self) -> None:
+        self.timeout = self.server.limits.request_timeout  # a slow or short body cannot hold a thread
+        super().setup()
+
     def do_POST(self) -> None:
         path = self.path.split("?")[0].rstrip("/")
+        limits = self.server.limits
         try:
             if path != "/v1/chat/completions":
                 raise RequestError(f"no route POST {path}", status=404)
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > MAX_BODY:
-                raise RequestError(f"request body over {MAX_BODY} bytes", status=413)
             try:
-                body = json.loads(self.rfile.read(length) or b"null")
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                raise RequestError("the request body is not valid JSON") from None
-            conversation, params = parse_request(body, self.server.served_name, self.server.max_tokens_limit)
+                length = content_length(self.headers.get("Content-Length"), limits)
+            except RequestError:
+                self.close_connection = True  # the unread body must not be taken for the next request
+                raise
+            try:
+                data = self.rfile.read(length)
+            except TimeoutError:
+                self.close_connection = True
+                raise RequestError("timed out reading the request body", status=408) from None
+            if len(data) < length:
+                self.close_connection = True
+                raise RequestError(f"the body has {len(data)} of its {length} bytes (Content-Length)")
+            body = parse_body(data, limits)
+            conversation, params = parse_request(
+                body, self.server.served_name, self.server.max_tokens_limit, limits
+            )
+            precheck_prompt(conversation, limits.max_prompt_tokens)
             out = self.server.worker.submit(conversation, params)
         except RequestError as exc:
             self._send(exc.status, exc.body())
@@ -325,6 +486,7 @@ class MGSDServer(ThreadingHTTPServer):
     """The HTTP server; ``close()`` stops both it and the model worker."""
 
     daemon_threads = True
+    request_queue_size = 128  # the listen backlog: a burst of connections waits instead of being reset
 
     def __init__(
         self,
@@ -336,8 +498,16 @@ class MGSDServer(ThreadingHTTPServer):
         max_batch: int = 8,
         max_tokens_limit: int = 4096,
         verbose: bool = False,
+        limits: Limits | None = None,
     ) -> None:
-        self.worker = ModelWorker(backbone, max_batch=max_batch)
+        check_server_settings(port=port, max_batch=max_batch, max_tokens_limit=max_tokens_limit)
+        self.limits = limits or Limits()
+        self.worker = ModelWorker(
+            backbone,
+            max_batch=max_batch,
+            max_queue=self.limits.max_queue,
+            max_prompt_tokens=self.limits.max_prompt_tokens,
+        )
         self.served_name = served_name
         self.max_tokens_limit = max_tokens_limit
         self.verbose = verbose
@@ -353,6 +523,15 @@ class MGSDServer(ThreadingHTTPServer):
         self.shutdown()
         self.server_close()
         self.worker.stop()
+
+
+def check_server_settings(*, port: int, max_batch: int, max_tokens_limit: int) -> None:
+    """Refuse settings the server cannot run with before the model loads (``bind`` raises an
+    OverflowError, a traceback, for a port above 65535)."""
+    if not 0 <= port <= 65535:
+        raise ValueError(f"--port must be between 0 and 65535, got {port}")
+    if max_batch < 1 or max_tokens_limit < 1:
+        raise ValueError("--max-batch and --max-tokens-limit must be at least 1")
 
 
 def default_served_name(model: str) -> str:
@@ -372,9 +551,12 @@ def serve_model(
     dtype: str = "float32",
     trust_remote_code: bool = False,
     verbose: bool = False,
+    limits: Limits | None = None,
 ) -> None:
     """Load ``model`` and serve it until interrupted (Ctrl-C)."""
     from mgsd.eval.local import LocalBackend
+
+    check_server_settings(port=port, max_batch=max_batch, max_tokens_limit=max_tokens_limit)
 
     backend = LocalBackend.load(model, dtype=dtype, trust_remote_code=trust_remote_code)
     server = MGSDServer(
@@ -385,6 +567,7 @@ def serve_model(
         max_batch=max_batch,
         max_tokens_limit=max_tokens_limit,
         verbose=verbose,
+        limits=limits,
     )
     print(f"serving {server.served_name!r} at {server.url} (max batch {max_batch}); Ctrl-C stops", flush=True)
     if host not in ("127.0.0.1", "localhost", "::1"):

@@ -38,6 +38,11 @@ def resolve_model_path(path_or_id: str | os.PathLike[str]) -> str:
     text = str(path_or_id)
     if text.startswith((".", "/", "~")) or not _HUB_ID.match(text):
         raise ValueError(f"not a model directory: {text} (no such directory)")
+    # "runs/mdoel" fits a hub id's owner/name shape, but when "runs" is a local directory it is a
+    # mistyped path: say so now rather than after the hub's retries (a minute, offline).
+    owner = text.split("/", 1)[0] if "/" in text else None
+    if owner is not None and Path(owner).is_dir():
+        raise ValueError(f"not a model directory: {text} (no such directory in {owner}/)")
     return text  # a hub id: transformers resolves it (or fails offline)
 
 

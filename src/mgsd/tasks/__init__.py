@@ -33,17 +33,18 @@ def parse_levels(task: Task, spec: str | None) -> list[int]:
     for part in str(spec).split(","):
         part = part.strip()
         try:
-            if "-" in part:
-                lo, hi = (int(x) for x in part.split("-", 1))
-                levels.extend(range(lo, hi + 1))
-            else:
-                levels.append(int(part))
+            lo, hi = (int(x) for x in part.split("-", 1)) if "-" in part else (int(part), int(part))
         except ValueError:
             raise ValueError(f"bad level spec {spec!r} (use e.g. 3-8 or 3,5)") from None
+        if lo > hi:  # "6-3" would silently be an empty dataset
+            raise ValueError(f"empty level range {part!r} in {spec!r} (did you mean {hi}-{lo}?)")
+        levels.extend(range(lo, hi + 1))
     bad = [lv for lv in levels if lv not in task.levels]
     if bad:
         lo, hi = task.levels[0], task.levels[-1]
         raise ValueError(f"level {bad[0]} is out of range for {task.name} (levels {lo}-{hi})")
+    if not levels:
+        raise ValueError(f"bad level spec {spec!r}: no levels (use e.g. 3-8 or 3,5)")
     return sorted(set(levels))
 
 

@@ -59,13 +59,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from mgsd.train.config import TrainConfig
     from mgsd.train.trainer import train
 
-    overrides = [f"objective={args.objective}"]
-    for key, value in (("model", args.model), ("out", args.out)):
+    # Flags are taken as they are typed: a path is a string ("0123", "yes", "runs #1"), never YAML.
+    values: dict[str, object] = {"objective": args.objective}
+    for key, value in (
+        ("model", args.model),
+        ("out", args.out),
+        ("train_data", args.train_data),
+        ("val_data", args.val_data),
+    ):
         if value:
-            overrides.append(f"{key}={value}")
-    for key, value in (("train_data", args.train_data), ("val_data", args.val_data)):
-        if value:
-            overrides.append(f"{key}={json.dumps(value)}")
+            values[key] = value
     if args.section is not None:
         if not args.config:
             raise ConfigError("--section needs --config")
@@ -74,7 +77,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         named = load_section(args.config, args.section).get("objective")
         if named is not None and named != args.objective:
             raise ConfigError(f"section {args.section!r} is a {named!r} stage, not {args.objective!r}")
-    cfg = load_config(TrainConfig, args.config, [*overrides, *args.overrides], section=args.section)
+    cfg = load_config(TrainConfig, args.config, args.overrides, section=args.section, values=values)
     result = train(cfg, resume=args.resume)
     shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}
     print(json.dumps(shown))

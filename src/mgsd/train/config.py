@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -91,7 +92,82 @@ class TrainConfig:
     dense_weight: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.micro_batch_size < 1:
-            raise ValueError("batch_size and micro_batch_size must be positive")
-        if self.epochs <= 0 and self.max_steps <= 0:
-            raise ValueError("set epochs > 0 or max_steps > 0")
+        validate(self)
+
+
+def _check(ok: bool, key: str, value: object, want: str) -> None:
+    if not ok:
+        raise ValueError(f"{key} must be {want}, got {value!r}")
+
+
+def _number(key: str, value: object, lo: float, hi: float = math.inf, *, lo_open: bool = False) -> None:
+    """A finite number in [lo, hi] (or (lo, hi] with ``lo_open``); a NaN or inf is refused too."""
+    ok = isinstance(value, (int, float)) and math.isfinite(value) and value <= hi
+    ok = ok and (value > lo if lo_open else value >= lo)  # type: ignore[operator]
+    bounds = "" if lo == -math.inf else f" {'>' if lo_open else '>='} {lo:g}"
+    bounds += f" and <= {hi:g}" if hi != math.inf else ""
+    _check(ok, key, value, f"a finite number{bounds}")
+
+
+def _integer(key: str, value: int, lo: int) -> None:
+    _check(value >= lo, key, value, f"an integer >= {lo}")
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Refuse settings that cannot train, before any work starts (one line naming the key).
+
+    Without this ``optim.lr=inf`` trained to NaN weights and saved them, ``max_steps=-5`` saved the
+    untouched model, and ``log_every=0`` or ``optim.betas=[0.9]`` failed with a traceback mid-run.
+    """
+    _integer("batch_size", cfg.batch_size, 1)
+    _integer("micro_batch_size", cfg.micro_batch_size, 1)
+    _integer("max_steps", cfg.max_steps, 0)
+    _number("epochs", cfg.epochs, 0)
+    if cfg.epochs <= 0 and cfg.max_steps <= 0:
+        raise ValueError("set epochs > 0 or max_steps > 0")
+    _integer("log_every", cfg.log_every, 1)
+    _integer("eval_every", cfg.eval_every, 0)
+    _integer("val_samples", cfg.val_samples, 0)
+    _integer("save_every", cfg.save_every, 0)
+    _integer("keep_last", cfg.keep_last, 0)
+    _number("dense_weight", cfg.dense_weight, 0)
+    _check(
+        isinstance(cfg.task_weights, dict), "task_weights", cfg.task_weights, "a mapping of task -> integer"
+    )
+    for task, w in cfg.task_weights.items():
+        _check(
+            isinstance(w, int) and not isinstance(w, bool) and w >= 1,
+            f"task_weights.{task}",
+            w,
+            "an integer >= 1",
+        )
+    o = cfg.optim
+    _number("optim.lr", o.lr, 0, lo_open=True)
+    _number("optim.weight_decay", o.weight_decay, 0)
+    _check(len(o.betas) == 2, "optim.betas", o.betas, "two numbers, e.g. [0.9, 0.999]")
+    for b in o.betas:
+        _number("optim.betas", b, 0, 1)
+        _check(b < 1, "optim.betas", o.betas, "two numbers in [0, 1)")
+    _number("optim.eps", o.eps, 0, lo_open=True)
+    _number("optim.warmup_ratio", o.warmup_ratio, 0, 1)
+    _check(o.warmup_ratio < 1, "optim.warmup_ratio", o.warmup_ratio, "in [0, 1)")
+    _number("optim.max_grad_norm", o.max_grad_norm, 0)
+    _number("optim.vision_lr_scale", o.vision_lr_scale, 0)
+    lo = cfg.lora
+    _integer("lora.r", lo.r, 0)
+    _number("lora.alpha", lo.alpha, 0, lo_open=True)
+    _number("lora.dropout", lo.dropout, 0, 1)
+    _check(lo.dropout < 1, "lora.dropout", lo.dropout, "in [0, 1)")
+    p = cfg.opsd
+    _number("opsd.ema_decay", p.ema_decay, 0, 1)
+    _integer("opsd.top_k", p.top_k, 1)
+    _number("opsd.jsd_beta", p.jsd_beta, 0, 1)
+    if p.adv_clip is not None:
+        _number("opsd.adv_clip", p.adv_clip, 0, lo_open=True)
+    _number("opsd.ratio_clip", p.ratio_clip, 0)
+    _integer("opsd.updates_per_rollout", p.updates_per_rollout, 1)
+    _integer("opsd.rollouts_per_prompt", p.rollouts_per_prompt, 1)
+    _number("opsd.reward_weight", p.reward_weight, -math.inf)
+    _number("opsd.temperature", p.temperature, 0)
+    _number("opsd.top_p", p.top_p, 0, 1, lo_open=True)
+    _integer("opsd.max_new_tokens", p.max_new_tokens, 1)

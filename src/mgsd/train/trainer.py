@@ -29,8 +29,8 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from mgsd.config import to_dict
-from mgsd.data.io import read_rows
+from mgsd.config import changed_keys, to_dict
+from mgsd.data.io import parquet_files, read_rows, tree_fingerprint
 from mgsd.data.scenes import SCENE_TASK
 from mgsd.eval.metrics import aggregate, score_response
 from mgsd.eval.perception import score_perception
@@ -45,6 +45,13 @@ from mgsd.train.dense import DenseHead, VisualTap, scene_token_labels, visual_mo
 from mgsd.train.examples import Example, build_examples
 
 _TRAIN_COLUMNS = ["id", "task", "level", "state", "image", "optimal_plan", "optimal_length"]
+# Settings a resumed run may change: where it writes, how it reports, and when it checkpoints.
+# Everything else (lr, objective, data, model, steps...) shapes the weights, so a change refuses.
+RESUME_EXEMPT = ("out", "progress", "log_every", "eval_every", "val_samples", "save_every", "keep_last")
+
+
+class TrainingError(ValueError):
+    """Training cannot go on (a non-finite loss, gradient or weight); nothing was saved from it."""
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
@@ -170,7 +177,9 @@ class Trainer:
         )
         self.step = 0
         self.best: float | None = None
+        self._fingerprint: dict[str, Any] | None = None
         if resume and (ck := latest_checkpoint(self.ckpt_dir)):
+            self._check_resume(ck)
             state, extra = load_checkpoint(ck, params=self.params, optimizer=self.opt)
             self.step, self.best = int(state["step"]), state.get("best")
             if self.teacher is not None and extra and self.cfg.opsd.teacher == "ema":
@@ -456,15 +465,24 @@ class Trainer:
             exs = self._local(self._global_batch(step))
             logs = self._opsd_step(exs) if cfg.objective == "opsd" else self._sft_step(exs)
             self._sync_gradients()
-            grad_norm = float("nan")
-            if cfg.optim.max_grad_norm > 0:
-                grad_norm = float(
-                    torch.nn.utils.clip_grad_norm_(list(self.params.values()), cfg.optim.max_grad_norm)
-                )
+            # The norm is always computed (clipping by inf scales by 1): a NaN or inf gradient stops
+            # the run before AdamW writes it into the weights.
+            max_norm = cfg.optim.max_grad_norm or math.inf
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(list(self.params.values()), max_norm))
+            self._check_finite(step, logs["loss"], grad_norm)
             lr = self._lr(step)
             for group in self.opt.param_groups:
                 group["lr"] = lr * group["lr_scale"]
-            self.opt.step()
+            try:
+                self.opt.step()
+            except RuntimeError as exc:  # e.g. lr / bias correction overflows float32
+                if "overflow" not in str(exc):
+                    raise
+                self.close()
+                raise TrainingError(
+                    f"the optimizer step overflowed at step {step + 1} ({exc}): stopped without saving "
+                    "(lower optim.lr)"
+                ) from None
             self.opt.zero_grad(set_to_none=True)
             if cfg.objective == "opsd" and cfg.opsd.teacher == "ema":
                 self._ema_update()
@@ -490,6 +508,7 @@ class Trainer:
         final = self._validate() if self.val else {}
         if final:
             self._log({"step": self.step, **final})
+        self._assert_finite_weights()
         if self.acc.is_main_process:
             self.bb.save(self.out / "model", merge_lora=cfg.save_merged)
             summary = {"steps": self.step, "final": last, "validation": final, "best": self.best}
@@ -498,6 +517,58 @@ class Trainer:
         return last | final
 
     # ------------------------------------------------------------------ validation, logs, checkpoints
+    def fingerprint(self) -> dict[str, Any]:
+        """What the weights depend on besides the config: the content of the training and validation
+        data and of the starting model directory (a hub id is named by the config alone)."""
+        if self._fingerprint is None:
+            cfg = self.cfg
+            fp = {"train_data": tree_fingerprint(parquet_files(cfg.train_data))}
+            if cfg.val_data:
+                fp["val_data"] = tree_fingerprint(parquet_files(cfg.val_data))
+            if Path(cfg.model).is_dir():
+                fp["model"] = tree_fingerprint(cfg.model, (".safetensors", ".json", ".txt", ".model"))
+            self._fingerprint = fp
+        return self._fingerprint
+
+    def _check_resume(self, ck: Path) -> None:
+        """Refuse to continue a checkpoint made with other settings or other data, naming them."""
+        saved = json.loads((ck / "state.json").read_text())
+        exempt = list(RESUME_EXEMPT)
+        content: list[str] = []
+        if "fingerprint" in saved:  # checkpoints of older versions lack it: only their config is compared
+            old, new = saved["fingerprint"], self.fingerprint()
+            content = [f"{k} (content changed)" for k in sorted({*old, *new}) if old.get(k) != new.get(k)]
+            # Data and a local model are compared by content, so a moved (or relative) path is fine.
+            exempt += ["train_data", "val_data"] + (["model"] if "model" in old and "model" in new else [])
+        changes = changed_keys(saved.get("config", {}), to_dict(self.cfg), exempt) + content
+        if changes:
+            shown = ", ".join(changes[:4]) + (f" and {len(changes) - 4} more" if len(changes) > 4 else "")
+            raise ValueError(
+                f"cannot resume {ck}: it was made with other settings: {shown}; "
+                "use the original settings or another --out"
+            )
+
+    def _check_finite(self, step: int, loss: float, grad_norm: float) -> None:
+        """Stop on a non-finite loss or gradient (every rank sees the same summed values)."""
+        if math.isfinite(loss) and math.isfinite(grad_norm):
+            return
+        what = "loss" if not math.isfinite(loss) else "gradient norm"
+        value = loss if what == "loss" else grad_norm
+        self.close()
+        raise TrainingError(
+            f"non-finite {what} ({value}) at step {step + 1}: stopped without saving this step "
+            "(lower optim.lr or check the data, in a new --out)"
+        )
+
+    def _assert_finite_weights(self) -> None:
+        """Never save NaN or inf weights (e.g. an lr so large that one finite step overflows)."""
+        bad = next((n for n, p in self.params.items() if not bool(torch.isfinite(p.detach()).all())), None)
+        if bad is not None:
+            self.close()
+            raise TrainingError(
+                f"weight {bad} is not finite at step {self.step}: stopped without saving (lower optim.lr)"
+            )
+
     def _validate(self) -> dict[str, float]:
         """Greedy answers on the validation examples: macro success (planning) or perception accuracy."""
         if not self.val:
@@ -527,6 +598,8 @@ class Trainer:
             m = aggregate(scores, n_boot=1)
             value = m["macro"]["success"]
             result = {"val_success": value, "val_parse_rate": 1 - m["parse_failure"]}
+        if self.best is None or value > self.best:
+            self._assert_finite_weights()  # on every rank (replicas), so all stop together
         if self.acc.is_main_process and (self.best is None or value > self.best):
             self.best = value
             self.bb.save(self.out / "best", merge_lora=self.cfg.save_merged)
@@ -565,6 +638,7 @@ class Trainer:
         return SummaryWriter(str(self.out / "tensorboard"), purge_step=self.step or None)
 
     def _checkpoint(self) -> None:
+        self._assert_finite_weights()
         if self.acc.is_main_process:
             extra = None
             if isinstance(self.teacher, Backbone) and self.cfg.opsd.teacher == "ema":
@@ -574,7 +648,7 @@ class Trainer:
                 self.step,
                 params=self.params,
                 optimizer=self.opt,
-                state={"best": self.best, "config": to_dict(self.cfg)},
+                state={"best": self.best, "config": to_dict(self.cfg), "fingerprint": self.fingerprint()},
                 extra=extra,
                 keep_last=self.cfg.keep_last,
             )
