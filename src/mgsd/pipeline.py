@@ -87,7 +87,9 @@ class PipelineConfig:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     # The defaults are configs/default.yaml (a test keeps the two equal).
     stage1: StageSettings = field(
-        default_factory=lambda: StageSettings(steps=200, lr=1e-3, lora_r=16, warmup_ratio=0.1)
+        default_factory=lambda: StageSettings(
+            steps=200, lr=1e-3, lora_r=16, warmup_ratio=0.1, overrides=["optim.vision_lr_scale=0.2"]
+        )
     )
     stage2: StageSettings = field(
         default_factory=lambda: StageSettings(

@@ -276,7 +276,11 @@ def write_model_card(base: Path, cfg: PretrainConfig, gates: dict[str, Any], roo
         f"Maze {d.maze_levels} ({d.maze_per_level}/level), MiniBehaviour {d.minibehaviour_levels} "
         f"({d.minibehaviour_per_level}/level); prompts: the text student's (1/2), the teacher's with the "
         "plan hint (1/4) and without (1/4); target: the reasoned answer (facts, path, `<answer>`);",
-        "- every source (scenes and each task) gets an equal share of the updates.",
+        (
+            "- every source (scenes and each task) gets an equal share of the updates."
+            if cfg.scene_weight == 1
+            else f"- scenes get {cfg.scene_weight} shares of the updates against 1 for each task."
+        ),
         f"- `{HASHES_FILE}`: the {n_hashes:,} state hashes (sha256 of the canonical state JSON, 16 hex",
         "  digits) of every task state seen; `mgsd run` excludes them from its splits and reports the",
         "  overlap of external test sets with them.",
@@ -305,12 +309,40 @@ def write_model_card(base: Path, cfg: PretrainConfig, gates: dict[str, Any], roo
     ]
     for task, v in (gates["teacher"].get("reference_logprob") or {}).items():
         lines.append(f"| {task} | {v['with_plan']:.3f} | {v['without_plan']:.3f} | {v['plan_gain']:+.3f} |")
+    scenes = gates.get("scene_perception") or {}
+    if scenes:
+        lines += [
+            "",
+            "Scene perception (held-out synthetic scenes, greedy): share of reference lines reproduced",
+            "exactly, by kind of line:",
+            "",
+            "| line | accuracy | lines |",
+            "|---|---|---|",
+            *(f"| {k} | {100 * v['accuracy']:.1f} | {v['lines']} |" for k, v in scenes.items()),
+        ]
+    if cfg.init:
+        what = "with its vision tower and merger started afresh" if cfg.reset_vision else "as it was"
+        lines += [
+            "",
+            f"This is a later round: it continued an earlier base {what}"
+            + (
+                f", with the dense per-token grounding loss (weight {cfg.dense_weight})"
+                if cfg.dense_weight
+                else ""
+            )
+            + f", vision lr x{cfg.vision_lr_scale}.",
+        ]
     lines += [
         "",
         "## Rebuild",
         "",
         "```bash",
         "mgsd pretrain --config configs/pretrain-tiny.yaml --out runs/pretrain   # resumable",
+        *(
+            ["mgsd pretrain --config configs/pretrain-tiny-round2.yaml --out runs/pretrain2"]
+            if cfg.init
+            else []
+        ),
         "```",
         "",
         "License: MIT, as the project. Made by mgsd's own code; no external weights or data.",
