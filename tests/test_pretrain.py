@@ -73,3 +73,96 @@ def test_generation_excludes_hashed_states():
         task, [3], 30, split="x", seed=0, render=False, progress=False, exclude_hashes=hashes
     )
     assert not {state_hash(r["state"]) for r in again} & hashes
+
+
+def test_weighted_order_gives_a_task_its_share():
+    groups = [list(range(0, 40)), list(range(40, 50))]
+    order = epoch_order(50, "0/pretrain/0", groups, weights=[1, 3])
+    share = Counter(0 if i < 40 else 1 for i in order)
+    assert share[1] == 3 * share[0] and share[0] == 40  # the epoch ends when group 0 has run once
+    assert order[0] < 40 and all(i >= 40 for i in order[1:4])  # a turn: 1 of group 0, then 3 of group 1
+
+
+def test_dense_labels_name_the_cell_under_each_token():
+    import torch
+
+    from mgsd.train.dense import GROUPS, IGNORE, scene_token_labels
+
+    col = {name: i for i, (name, _) in enumerate(GROUPS)}
+    scene = {
+        "kind": "fills",
+        "size": 8,
+        "background": "white",
+        "fills": {"red": [[0, 0]]},
+        "objects": [{"shape": "disc", "colour": "blue", "cell": [3, 4]}],
+    }
+    lab = scene_token_labels(scene, 8, 8)
+    assert lab.shape == (64, len(GROUPS))
+    assert lab[3 * 8 + 4, col["row"]] == 3 and lab[3 * 8 + 4, col["col"]] == 4  # raster order, 1 cell/token
+    assert lab[3 * 8 + 4, col["shape"]] == 1  # SHAPES[0] = disc, 0 = none
+    assert lab[0, col["colour"]] != lab[1, col["colour"]]  # red fill vs white background
+    assert bool((lab[:, col["size"]] == 5).all()) and bool((lab[:, col["open"]] == IGNORE).all())
+    # a 4x4 grid: each cell spans 2x2 tokens; walls give every cell its open sides (D,L,R,U bits)
+    scene4 = {**scene, "size": 4, "kind": "walls", "objects": [], "fills": {}}
+    scene4["open"] = [["DR", "DL", "D", "D"], ["U", "U", "RU", "LU"], ["", "", "", ""], ["", "", "", ""]]
+    lab4 = scene_token_labels(scene4, 8, 8)
+    assert lab4[1 * 8 + 1, col["row"]] == 0 and lab4[2 * 8 + 7, col["col"]] == 3
+    assert lab4[0, col["open"]] == 0b101 and lab4[2 * 8 + 5, col["open"]] == 0b1100
+    assert torch.equal(lab4[0], lab4[9])  # tokens (0,0) and (1,1) lie in the same cell
+
+
+def test_dense_pretraining_trains_and_saves_a_plain_model(tmp_path):
+    from safetensors import safe_open
+
+    from mgsd.data.io import write_rows
+    from mgsd.models.tiny import init_tiny
+    from mgsd.train.config import TrainConfig
+    from mgsd.train.trainer import train
+
+    rows = scene_rows(8, seed=0, progress=False)
+    rows += generate_rows(
+        get_task("frozenlake"), [3], 4, split="pretrain", seed=0, render=False, progress=False
+    )
+    write_rows(rows, tmp_path / "data" / "mix.parquet")
+    init = init_tiny(tmp_path / "init", seed=0)
+    cfg = TrainConfig(
+        objective="pretrain",
+        model=str(init),
+        out=str(tmp_path / "run"),
+        train_data=[str(tmp_path / "data")],
+        max_steps=2,
+        batch_size=4,
+        micro_batch_size=4,
+        dense_weight=1.0,
+        task_weights={SCENE_TASK: 3},
+        progress=False,
+        save_every=0,
+    )
+    cfg.lora.train_vision = True
+    train(cfg)
+    logs = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines() if x]
+    assert any("dense_row_acc" in r for r in logs)
+    with safe_open(str(next((tmp_path / "run" / "model").glob("*.safetensors"))), "pt") as f:
+        assert not [k for k in f.keys() if "dense" in k]  # noqa: SIM118 (the head is not in the model)
+
+
+def test_reset_vision_keeps_the_lm_and_starts_the_tower_afresh(tmp_path):
+    import torch
+
+    from mgsd.models.backbone import Backbone
+    from mgsd.models.tiny import init_tiny
+    from mgsd.train.pretrain import reset_vision_tower
+
+    a = init_tiny(tmp_path / "a", seed=1)
+    bb = Backbone.load(a)
+    with torch.no_grad():
+        for p in bb.model.parameters():
+            p.add_(1.0)  # stands in for training
+    bb.save(tmp_path / "trained")
+    out = reset_vision_tower(tmp_path / "trained", tmp_path / "reset", "tiny", seed=1)
+    trained = dict(Backbone.load(tmp_path / "trained").model.named_parameters())
+    reset = dict(Backbone.load(out).model.named_parameters())
+    fresh = dict(Backbone.load(a).model.named_parameters())
+    for name, p in reset.items():
+        ref = fresh[name] if ".visual." in f".{name}" else trained[name]
+        assert torch.equal(p, ref), name
