@@ -202,7 +202,7 @@ def evaluate_gates(
         )
         for modality in ("text", "image")
     }
-    scenes = scene_perception(backend.backbone)
+    scenes = scene_perception(backend.bb)
     copy = {t: v["success"] for t, v in teacher["teacher+plan"]["by_task"].items()}
     text, image = planned["text"]["macro"]["success"], planned["image"]["macro"]["success"]
     result = {
