@@ -286,7 +286,7 @@ def write_model_card(base: Path, cfg: PretrainConfig, gates: dict[str, Any], roo
         "  overlap of external test sets with them.",
         "",
         "## Training",
-        f"- full fine-tune (ViT, merger, LM) from {'the base ' + cfg.init if cfg.init else 'random init'}: "
+        f"- full fine-tune (ViT, merger, LM) from {cfg.init if cfg.init else 'random init'}: "
         f"{len(steps)} steps x batch {cfg.batch_size}, AdamW lr {cfg.lr}, warmup {cfg.warmup_ratio}, "
         "cosine, "
         f"compute dtype {cfg.compute_dtype} (fp32 master weights), seed {cfg.seed};",
