@@ -275,7 +275,9 @@ def test_two_processes_equal_one(setup, tmp_path):
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    _same(_weights(tmp_path / "one"), _weights(tmp_path / "two"), atol=1e-5)
+    # Equal up to float summation order: the all-reduced gradient adds the ranks' halves in another
+    # order, and Adam's normalisation lifts that rounding on near-zero gradients to ~lr * 1e-2.
+    _same(_weights(tmp_path / "one"), _weights(tmp_path / "two"), atol=5e-5)
     one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert one == pytest.approx(two, abs=1e-5)
 
