@@ -107,6 +107,6 @@ def visual_module(model: nn.Module) -> nn.Module:
     """The vision tower + merger of a Qwen-VL model (``model.model.visual`` or ``model.visual``),
     under a PEFT wrapper or not."""
     for name, module in model.named_modules():
-        if name.endswith("visual") and not name.endswith("language_model.visual"):
+        if name.endswith("visual"):
             return module
     raise ValueError("the model has no vision tower named 'visual'")

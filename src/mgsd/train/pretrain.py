@@ -244,9 +244,8 @@ def reset_vision_tower(src: Path, out: Path, preset: str, seed: int) -> Path:
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     bb.save(tmp)
-    for extra in (HASHES_FILE,):
-        if (src / extra).exists():
-            shutil.copy(src / extra, tmp / extra)
+    if (src / HASHES_FILE).exists():
+        shutil.copy(src / HASHES_FILE, tmp / HASHES_FILE)
     tmp.rename(out)
     return out
 
