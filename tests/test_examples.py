@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from mgsd.prompts import teacher_system, text_student_prompt
 from mgsd.tasks import get_task
+from mgsd.train.config import TrainConfig
 from mgsd.train.examples import build_examples
 
 
@@ -45,3 +48,22 @@ def test_symbolic_base_also_sees_the_teacher_prompt_with_and_without_the_plan() 
     val = build_examples(rows, "symbolic", teacher_prompts=False)
     state = task.load_state(rows[0]["state"])
     assert all(e.system is None for e in val) and val[0].prompt == text_student_prompt(task, state)
+
+
+def test_replay_poses_a_share_of_perception_rows_as_text_planning_never_image_to_plan() -> None:
+    rows = _rows(200)
+    task = get_task("frozenlake")
+    plain = build_examples(rows, "perception")
+    mixed = build_examples(rows, "perception", replay_symbolic=0.5)
+    replayed = [e for e in mixed if e.image is None]
+    assert 70 < len(replayed) < 130  # about half, fixed by the row ids
+    assert mixed == build_examples(rows, "perception", replay_symbolic=0.5)
+    for e, p in zip(mixed, plain, strict=True):
+        assert e.id == p.id
+        if e.image is None:  # text state -> plan, in the text student's prompt
+            assert e.system is None and e.prompt == text_student_prompt(task, task.load_state(e.state))
+            assert "<answer>" in e.target
+        else:  # untouched: image -> facts, no plan
+            assert e == p and "<answer>" not in e.target
+    with pytest.raises(ValueError, match="replay_symbolic"):
+        TrainConfig(objective="opsd", replay_symbolic=0.5)

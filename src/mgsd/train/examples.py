@@ -48,12 +48,14 @@ def build_examples(
     *,
     privileged: str = "state+plan",
     teacher_prompts: bool = True,
+    replay_symbolic: float = 0.0,
 ) -> list[Example]:
     """Examples for ``objective``: ``perception`` (image -> facts block), ``plan`` (image ->
     reasoned plan), ``symbolic`` (text state -> reasoned plan), ``opsd`` (image prompt + privileged
     teacher text; the target is kept for logging only), ``pretrain`` (the tiny base's mixture: scene
     rows -> scene description, task rows -> ``symbolic``). ``teacher_prompts=False`` keeps every
-    ``symbolic`` example in the plain text-student form (for validation)."""
+    ``symbolic`` example in the plain text-student form (for validation). ``replay_symbolic``: the
+    share of ``perception`` / ``plan`` rows posed as text-student ``symbolic`` examples instead."""
     out = []
     for r in rows:
         if r["task"] == SCENE_TASK:
@@ -82,7 +84,9 @@ def build_examples(
             "state": r["state"],
             "optimal_length": int(r["optimal_length"]),
         }
-        if objective == "perception":
+        if replay_symbolic > 0 and objective in ("perception", "plan") and _share(r["id"]) < replay_symbolic:
+            out.append(_symbolic(common, task, state, actions, style=0))
+        elif objective == "perception":
             out.append(
                 Example(
                     **common,
@@ -105,20 +109,7 @@ def build_examples(
             # state, with or without the plan hint): a pretrained instruction model handles that
             # prompt out of the box, a base built from scratch has to have seen it.
             style = zlib.crc32(r["id"].encode()) % 4 if teacher_prompts else 0
-            if style < 2:
-                prompt, system = text_student_prompt(task, state), None
-            else:
-                prompt = teacher_context(task, state, actions if style == 2 else None)
-                system = teacher_system(task)
-            out.append(
-                Example(
-                    **common,
-                    prompt=prompt,
-                    system=system,
-                    image=None,
-                    target=reference_response(task, state, actions),
-                )
-            )
+            out.append(_symbolic(common, task, state, actions, style))
         elif objective == "opsd":
             out.append(
                 Example(
@@ -135,3 +126,24 @@ def build_examples(
         else:
             raise ValueError(f"unknown objective {objective!r}")
     return out
+
+
+def _share(row_id: str) -> float:
+    """A fixed pseudo-random number in [0, 1) per row id (independent of the ``symbolic`` style hash)."""
+    return zlib.crc32(b"replay:" + row_id.encode()) / 2**32
+
+
+def _symbolic(common: dict[str, Any], task: Any, state: Any, actions: Any, style: int) -> Example:
+    """Text state -> reasoned plan; style 0-1 the text student's prompt, 2 the teacher's with the plan
+    hint, 3 the teacher's without."""
+    if style < 2:
+        prompt, system = text_student_prompt(task, state), None
+    else:
+        prompt, system = teacher_context(task, state, actions if style == 2 else None), teacher_system(task)
+    return Example(
+        **common,
+        prompt=prompt,
+        system=system,
+        image=None,
+        target=reference_response(task, state, actions),
+    )

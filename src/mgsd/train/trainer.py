@@ -142,7 +142,9 @@ class Trainer:
             self.params |= {f"dense_head.{n}": p for n, p in head.named_parameters()}
 
         rows = read_rows(cfg.train_data, columns=_TRAIN_COLUMNS)
-        self.train = build_examples(rows, cfg.objective, privileged=cfg.opsd.privileged)
+        self.train = build_examples(
+            rows, cfg.objective, privileged=cfg.opsd.privileged, replay_symbolic=cfg.replay_symbolic
+        )
         if not self.train:
             raise ValueError("the training data is empty")
         self._task_index: dict[str, list[int]] = {}
