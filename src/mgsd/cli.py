@@ -187,6 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv == ["--version"]:  # answered before the ~150 arguments of every sub-command are built
+        print(f"mgsd {__version__}")
+        return 0
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
@@ -51,11 +52,17 @@ def quiet_datasets() -> Iterator[None]:
             datasets.enable_progress_bars()
 
 
-def _features():
-    from datasets import Features, Value
-    from datasets import Image as ImageFeature
-
-    return Features({k: ImageFeature() if v == "image" else Value(v) for k, v in COLUMNS.items()})
+def _schema() -> pa.Schema:
+    """The parquet schema, with the Hugging Face ``datasets`` feature metadata, so that
+    ``datasets.load_dataset("parquet", ...)`` reads ``image`` as an Image feature. Written with pyarrow
+    directly: importing ``datasets`` alone took longer than generating a few hundred samples."""
+    arrow = {"string": pa.string(), "int32": pa.int32()}
+    image = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    fields = [pa.field(k, image if v == "image" else arrow[v]) for k, v in COLUMNS.items()]
+    features = {
+        k: {"_type": "Image"} if v == "image" else {"dtype": v, "_type": "Value"} for k, v in COLUMNS.items()
+    }
+    return pa.schema(fields, metadata={"huggingface": json.dumps({"info": {"features": features}})})
 
 
 def png_bytes(image: Image.Image) -> bytes:
@@ -67,8 +74,6 @@ def png_bytes(image: Image.Image) -> bytes:
 
 def write_rows(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path:
     """Write rows (with ``image`` as PNG bytes) to one parquet file, atomically."""
-    from datasets import Dataset
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     cols: dict[str, list[Any]] = {k: [] for k in COLUMNS}
@@ -80,8 +85,8 @@ def write_rows(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path:
             v = r[k]
             cols[k].append({"bytes": v, "path": None} if k == "image" else v)
     tmp = path.with_name(f".{path.name}.tmp")
-    with quiet_datasets():
-        Dataset.from_dict(cols, features=_features()).to_parquet(str(tmp))
+    # Row groups of 100 rows, as ``datasets`` writes image columns: a reader can stream them.
+    pq.write_table(pa.Table.from_pydict(cols, schema=_schema()), tmp, row_group_size=100)
     os.replace(tmp, path)
     return path
 
@@ -111,14 +116,15 @@ def read_rows(
     rows: list[dict[str, Any]] = []
     want = list(columns) if columns is not None else list(COLUMNS)
     for f in parquet_files(paths):
-        try:
-            table = pq.read_table(f)
+        try:  # ParquetFile, not read_table: the latter imports pyarrow.dataset and pandas (~0.7 s)
+            pf = pq.ParquetFile(f)
+            missing = [c for c in want if c not in pf.schema_arrow.names]
+            table = None if missing else pf.read(columns=want)
         except Exception as exc:  # pyarrow raises several types for corrupt files
             raise DataError(f"cannot read {f}: {exc}") from None
-        missing = [c for c in want if c not in table.column_names]
-        if missing:
+        if table is None:
             raise DataError(f"{f} is not an mgsd dataset: missing column(s) {', '.join(missing)}")
-        for r in table.select(want).to_pylist():
+        for r in table.to_pylist():
             if "image" in r:
                 img = r["image"]
                 r["image"] = img.get("bytes") if isinstance(img, dict) else img
