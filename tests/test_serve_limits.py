@@ -243,8 +243,8 @@ def test_stop_cuts_the_completion_before_the_first_stop_string(served) -> None:
         ({"stop": [1]}, "stop"),
         ({"n": 2}, "n"),
         ({"n": 0}, "n"),
-        ({"stream": True}, "stream"),
         ({"stream": "yes"}, "stream"),
+        ({"stream": True, "stream_options": {"include_usage": "yes"}}, "stream_options"),
     ],
 )
 def test_unsupported_or_bad_options_are_an_openai_style_400(served, extra, param) -> None:
@@ -254,6 +254,29 @@ def test_unsupported_or_bad_options_are_an_openai_style_400(served, extra, param
     assert status == 400 and payload["error"]["param"] == param
     assert set(payload["error"]) == {"message", "type", "param", "code"}
     assert payload["error"]["type"] == "invalid_request_error"
+
+
+def test_stream_sends_the_completion_as_server_sent_events_on_a_kept_connection(served) -> None:
+    srv, _ = served
+    conn = keepalive(srv)
+    try:
+        for _ in range(2):  # the event stream has a length: the connection serves the next one too
+            body = {"messages": [{"role": "user", "content": "a b c"}], "max_tokens": 4, "stream": True}
+            body |= {"stream_options": {"include_usage": True}, "stop": " c"}
+            conn.request("POST", "/v1/chat/completions", body=json.dumps(body).encode())
+            resp = conn.getresponse()
+            assert resp.status == 200 and resp.getheader("Content-Type") == "text/event-stream"
+            lines = [ln for ln in resp.read().decode().split("\n") if ln]
+            assert all(ln.startswith("data: ") for ln in lines) and lines[-1] == "data: [DONE]"
+            events = [json.loads(ln.removeprefix("data: ")) for ln in lines[:-1]]
+            assert {(e["object"], e["id"]) for e in events} == {("chat.completion.chunk", events[0]["id"])}
+            text = "".join(c["delta"].get("content", "") for e in events for c in e["choices"])
+            assert text == "echo: a b" and events[1]["choices"][0]["finish_reason"] == "stop"
+            assert (
+                events[-1]["choices"] == [] and events[-1]["usage"]["total_tokens"] == 3 + 1
+            )  # the stub's counts
+    finally:
+        conn.close()
 
 
 def keepalive(srv: MGSDServer) -> http.client.HTTPConnection:

@@ -6,8 +6,10 @@ Only the standard library HTTP server (``ThreadingHTTPServer``) and the ``Backbo
   ``text`` and ``image_url`` parts, images as ``data:`` URLs), ``max_tokens`` (or
   ``max_completion_tokens``), ``temperature`` (0 = greedy), ``top_p``, ``seed``, ``stop`` (a string
   or up to 4: the completion is cut before the first one, ``finish_reason`` "stop"); returns
-  ``choices[0].message.content``, ``finish_reason`` and ``usage``. ``stream: true`` and ``n`` > 1 are
-  refused with a 400 (one non-streamed choice per request);
+  ``choices[0].message.content``, ``finish_reason`` and ``usage``. ``stream: true`` is answered as
+  server-sent events once the completion is done (the whole text in one chunk, then the finish
+  reason, the usage when ``stream_options.include_usage``, and ``[DONE]``); ``n`` > 1 is refused with a
+  400 (one choice per request);
 * ``GET /v1/models``: the one served model; ``GET /health``.
 
 Handler threads only parse and validate; one worker thread owns the model, so model calls never run
@@ -87,6 +89,8 @@ class Params:
     top_p: float
     seed: int | None
     stop: tuple[str, ...] = ()
+    stream: bool = False  # how the reply is sent, not how it is generated: not part of ``key``
+    include_usage: bool = False
 
     @property
     def key(self) -> tuple[Any, ...]:
@@ -186,9 +190,11 @@ def parse_request(
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):
         raise RequestError("stream must be a boolean", param="stream")
-    if stream:
+    options = body.get("stream_options")
+    usage = options.get("include_usage") if isinstance(options, dict) else None
+    if options is not None and (not isinstance(options, dict) or not isinstance(usage, (bool, type(None)))):
         raise RequestError(
-            "streaming is not supported by this server; send stream=false", param="stream", code="unsupported"
+            "stream_options must be an object with a boolean include_usage", param="stream_options"
         )
     n = body.get("n")
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
@@ -229,6 +235,8 @@ def parse_request(
         top_p=_number(body, "top_p", 1.0, 1e-6, 1.0),
         seed=seed,
         stop=_stop(body.get("stop")),
+        stream=bool(stream),
+        include_usage=bool(usage),
     )
     return conversation, params
 
@@ -577,27 +585,49 @@ class _Handler(BaseHTTPRequestHandler):
         except RequestError as exc:
             self._refuse(exc)
             return
-        self._send(
-            200,
-            {
-                "id": f"chatcmpl-{uuid.uuid4().hex}",
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": self.server.served_name,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": out["text"]},
-                        "finish_reason": out["finish_reason"],
-                    }
-                ],
-                "usage": {
-                    "prompt_tokens": out["prompt_tokens"],
-                    "completion_tokens": out["completion_tokens"],
-                    "total_tokens": out["prompt_tokens"] + out["completion_tokens"],
-                },
-            },
-        )
+        head = {
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "created": int(time.time()),
+            "model": self.server.served_name,
+        }
+        usage = {
+            "prompt_tokens": out["prompt_tokens"],
+            "completion_tokens": out["completion_tokens"],
+            "total_tokens": out["prompt_tokens"] + out["completion_tokens"],
+        }
+        if params.stream:
+            self._send_events(completion_chunks(head, out["text"], out["finish_reason"], usage, params))
+            return
+        message = {"role": "assistant", "content": out["text"]}
+        choice = {"index": 0, "message": message, "finish_reason": out["finish_reason"]}
+        self._send(200, {**head, "object": "chat.completion", "choices": [choice], "usage": usage})
+
+    def _send_events(self, events: list[dict[str, Any]]) -> None:
+        """Server-sent events, ending with ``[DONE]``; the body is complete, so it has a length and the
+        connection stays usable."""
+        data = b"".join(f"data: {json.dumps(e)}\n\n".encode() for e in events) + b"data: [DONE]\n\n"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def completion_chunks(
+    head: Mapping[str, Any], text: str, finish_reason: str, usage: Mapping[str, int], params: Params
+) -> list[dict[str, Any]]:
+    """A finished completion as ``chat.completion.chunk`` events: the text, then the finish reason,
+    then (when asked) the usage in a chunk with no choices, as OpenAI sends them."""
+
+    def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        return {**head, "object": "chat.completion.chunk", "choices": [choice]}
+
+    events = [chunk({"role": "assistant", "content": text}, None), chunk({}, finish_reason)]
+    if params.include_usage:
+        events.append({**head, "object": "chat.completion.chunk", "choices": [], "usage": dict(usage)})
+    return events
 
 
 class MGSDServer(ThreadingHTTPServer):
