@@ -151,17 +151,18 @@ def _number(body: Mapping[str, Any], name: str, default: float, lo: float, hi: f
 
 
 def _stop(value: Any) -> tuple[str, ...]:
-    """``stop``: null, one string, or a list of 1 to ``MAX_STOP`` non-empty strings."""
+    """``stop``: null, one string, or a list of up to ``MAX_STOP`` non-empty strings (an empty list, which
+    some clients send for "none", stops nowhere)."""
     if value is None:
         return ()
     stops = [value] if isinstance(value, str) else value
     if (
         not isinstance(stops, list)
-        or not 1 <= len(stops) <= MAX_STOP
+        or len(stops) > MAX_STOP
         or not all(isinstance(x, str) and x for x in stops)
     ):
         raise RequestError(
-            f"stop must be a non-empty string or a list of 1 to {MAX_STOP} non-empty strings", param="stop"
+            f"stop must be a non-empty string or a list of at most {MAX_STOP} non-empty strings", param="stop"
         )
     return tuple(stops)
 
