@@ -10,7 +10,6 @@ from datasets import load_dataset
 from PIL import Image
 
 from mgsd.cli import main
-from mgsd.data.exporters import export_easyr1, export_llamafactory
 from mgsd.data.generate import generate_dataset, generate_rows
 from mgsd.data.importers import import_visualplanning, import_vsp
 from mgsd.data.io import DataError, decode_image, read_rows
@@ -129,41 +128,6 @@ def test_import_visualplanning_rejects_wrong_task(shared_data, tmp_path):
     src = shared_data / "visualplanning_samples" / "minibehaviour_test_first5.jsonl"
     with pytest.raises(DataError, match=":1: not a VisualPlanning maze row"):
         import_visualplanning(src, "maze", tmp_path, progress=False)
-
-
-def test_exporters(tmp_path):
-    data = tmp_path / "data"
-    for name in TASK_NAMES:
-        task = get_task(name)
-        generate_dataset(task, task.levels[:1], 3, split="train", seed=0, out=data, progress=False)
-    sft = json.loads(export_llamafactory(data, tmp_path / "lf").read_text())
-    assert len(sft) == 9
-    rec = sft[0]
-    assert rec["messages"][0]["content"].startswith("<image>")
-    assert rec["messages"][1]["content"].startswith("size: ")  # the facts block
-    assert (tmp_path / "lf" / rec["images"][0]).is_file()
-    info = json.loads((tmp_path / "lf" / "dataset_info.json").read_text())
-    assert info["mgsd_perception_sft"]["formatting"] == "sharegpt"
-    opcd = load_dataset(
-        "parquet",
-        data_files=str(export_easyr1(data, tmp_path / "r1")),
-        split="train",
-        cache_dir=str(tmp_path / "cache"),
-    )
-    assert set(opcd.column_names) >= {
-        "problem",
-        "answer",
-        "images",
-        "teacher_images",
-        "task",
-        "vsp_task_text",
-        "teacher_system_prompt",
-        "teacher_text_context",
-    }
-    r = opcd[0]
-    assert r["problem"].rstrip().endswith("<image>")
-    assert r["answer"] in r["teacher_text_context"]
-    assert len(r["images"]) == 1 and r["teacher_images"] == []
 
 
 def test_cli_generate_eval_oracle_and_predictions(tmp_path, capsys):

@@ -231,3 +231,52 @@ def test_identical_concurrent_requests_are_each_answered(server: MGSDServer) -> 
     backend = OpenAIBackend(server.url, "tiny", concurrency=4, retries=0, timeout=60)
     replies = backend.generate([Query(str(i), ["Same question."]) for i in range(4)], GenerationConfig(3))
     assert all(r.error is None for r in replies) and len({r.text for r in replies}) == 1
+
+
+def test_openai_client_stop_cuts_the_completion(server: MGSDServer) -> None:
+    c = client(server)
+    # Seeded sampling, alone in its batch, repeats itself, and gives more varied text than greedy.
+    ask = dict(model="tiny", messages=[{"role": "user", "content": "Plan a path."}], max_tokens=12)
+    ask |= dict(temperature=1.0, seed=3)
+    full = c.chat.completions.create(**ask)
+    text = full.choices[0].message.content
+    assert len(text) >= 4
+    stop = text[len(text) // 2 : len(text) // 2 + 2]  # a string the completion is known to contain
+    cut = c.chat.completions.create(**ask, stop=[stop, "never produced \u2603"])
+    assert cut.choices[0].message.content == text[: text.index(stop)]
+    assert cut.choices[0].finish_reason == "stop"
+    assert cut.usage.completion_tokens <= full.usage.completion_tokens
+
+
+def test_openai_client_sees_n_refused_as_bad_request(server: MGSDServer) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        client(server).chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=2, n=2
+        )
+    assert info.value.body["param"] == "n" and info.value.status_code == 400
+
+
+def test_openai_client_streams_the_same_completion(server: MGSDServer) -> None:
+    c = client(server)
+    ask = dict(
+        model="tiny", messages=[{"role": "user", "content": "Plan a path."}], max_tokens=6, temperature=0
+    )
+    whole = c.chat.completions.create(**ask)
+    chunks = list(c.chat.completions.create(**ask, stream=True, stream_options={"include_usage": True}))
+    text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    assert text == whole.choices[0].message.content
+    finish = [ch.choices[0].finish_reason for ch in chunks if ch.choices and ch.choices[0].finish_reason]
+    assert finish == [whole.choices[0].finish_reason]
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+
+
+def test_openai_client_keeps_its_connection_after_a_404(server: MGSDServer, monkeypatch) -> None:
+    accepted = []
+    get_request = server.get_request
+    monkeypatch.setattr(server, "get_request", lambda: accepted.append(1) or get_request())
+    c = client(server)  # sequential requests reuse its pooled keep-alive connection
+    with pytest.raises(openai.NotFoundError):
+        c.post("/nothing", cast_to=object, body={"messages": [{"role": "user", "content": "x" * 4000}]})
+    r = c.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    assert isinstance(r.choices[0].message.content, str)
+    assert len(accepted) == 1  # both requests went over one kept-alive connection

@@ -7,6 +7,7 @@ test is cheap: it runs on loopback with a bounded number of requests, each with 
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import socket
 import struct
@@ -218,3 +219,111 @@ def test_load_mix_of_good_and_hostile_requests(served) -> None:
             assert body["error"]["type"] == "invalid_request_error"
     # Nothing hostile was read or decoded in full: the whole burst stays within a few body limits.
     assert peak < 64 * LIMITS.max_body
+
+
+def test_stop_cuts_the_completion_before_the_first_stop_string(served) -> None:
+    srv, _ = served
+
+    def ask(stop) -> dict:
+        body = {"messages": [{"role": "user", "content": "alpha beta gamma"}], "max_tokens": 4, "stop": stop}
+        return raw(srv, post(json.dumps(body).encode()))[1]
+
+    out = ask(["gamma", "beta"])  # the earliest match wins, whatever the list order
+    assert out["choices"][0]["message"]["content"] == "echo: alpha "
+    assert out["choices"][0]["finish_reason"] == "stop" and out["usage"]["completion_tokens"] == 1
+    assert ask("pha")["choices"][0]["message"]["content"] == "echo: al"
+    for nowhere in ("omega", [], None):
+        assert ask(nowhere)["choices"][0]["message"]["content"] == "echo: alpha beta gamma"
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"stop": ""}, "stop"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"stop": [1]}, "stop"),
+        ({"n": 2}, "n"),
+        ({"n": 0}, "n"),
+        ({"stream": "yes"}, "stream"),
+        ({"stream": True, "stream_options": {"include_usage": "yes"}}, "stream_options"),
+    ],
+)
+def test_unsupported_or_bad_options_are_an_openai_style_400(served, extra, param) -> None:
+    srv, _ = served
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, **extra}
+    status, payload = raw(srv, post(json.dumps(body).encode()))
+    assert status == 400 and payload["error"]["param"] == param
+    assert set(payload["error"]) == {"message", "type", "param", "code"}
+    assert payload["error"]["type"] == "invalid_request_error"
+
+
+def test_stream_sends_the_completion_as_server_sent_events_on_a_kept_connection(served) -> None:
+    srv, _ = served
+    conn = keepalive(srv)
+    try:
+        for _ in range(2):  # the event stream has a length: the connection serves the next one too
+            body = {"messages": [{"role": "user", "content": "a b c"}], "max_tokens": 4, "stream": True}
+            body |= {"stream_options": {"include_usage": True}, "stop": " c"}
+            conn.request("POST", "/v1/chat/completions", body=json.dumps(body).encode())
+            resp = conn.getresponse()
+            assert resp.status == 200 and resp.getheader("Content-Type") == "text/event-stream"
+            lines = [ln for ln in resp.read().decode().split("\n") if ln]
+            assert all(ln.startswith("data: ") for ln in lines) and lines[-1] == "data: [DONE]"
+            events = [json.loads(ln.removeprefix("data: ")) for ln in lines[:-1]]
+            assert {(e["object"], e["id"]) for e in events} == {("chat.completion.chunk", events[0]["id"])}
+            text = "".join(c["delta"].get("content", "") for e in events for c in e["choices"])
+            assert text == "echo: a b" and events[1]["choices"][0]["finish_reason"] == "stop"
+            assert (
+                events[-1]["choices"] == [] and events[-1]["usage"]["total_tokens"] == 3 + 1
+            )  # the stub's counts
+    finally:
+        conn.close()
+
+
+def keepalive(srv: MGSDServer) -> http.client.HTTPConnection:
+    host, port = srv.server_address[:2]
+    return http.client.HTTPConnection(host, port, timeout=TIMEOUT)
+
+
+def exchange(conn: http.client.HTTPConnection, method: str, path: str, body: bytes) -> tuple[int, dict]:
+    conn.request(method, path, body=body, headers={"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    return resp.status, json.loads(resp.read())
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("POST", "/v1/nothing", 404),
+        ("GET", "/v1/nothing", 404),
+        ("PUT", "/v1/chat/completions", 405),
+        ("POST", "/v1/chat/completions", 400),  # a bad body on the right route
+    ],
+)
+def test_after_an_error_the_same_connection_serves_the_next_request(served, method, path, status) -> None:
+    srv, _ = served
+    conn = keepalive(srv)
+    try:
+        got, payload = exchange(conn, method, path, b'{"stray": "' + b"x" * 5000 + b'"}')
+        assert got == status and payload["error"]["type"] == "invalid_request_error"
+        sock = conn.sock
+        assert sock is not None  # the server kept the connection open
+        got, payload = exchange(conn, "POST", "/v1/chat/completions", chat("next"))
+        assert got == 200 and payload["choices"][0]["message"]["content"] == "echo: next"
+        assert conn.sock is sock  # ... and answered on it
+    finally:
+        conn.close()
+
+
+def test_a_body_too_large_to_read_closes_the_connection_and_the_client_gets_the_413(served) -> None:
+    srv, _ = served
+    conn = keepalive(srv)
+    try:
+        conn.request("POST", "/v1/chat/completions", body=b"x" * (LIMITS.max_body + 1))
+        resp = conn.getresponse()
+        assert resp.status == 413 and resp.getheader("Connection") == "close"
+        assert json.loads(resp.read())["error"]["code"] == "body_too_large"
+        assert conn.sock is None  # http.client closed it, as told; the next request opens a new one
+        assert exchange(conn, "POST", "/v1/chat/completions", chat("again"))[0] == 200
+    finally:
+        conn.close()

@@ -72,13 +72,14 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from mgsd.data.exporters import export_easyr1, export_llamafactory
+    from mgsd.data.exporters import export_easyr1, export_llamafactory, export_verl
 
     if args.format == "llamafactory":
-        path = export_llamafactory(args.data, args.out)
+        path = export_llamafactory(args.data, args.out, name=args.name)
     else:
-        path = export_easyr1(args.data, args.out, with_plan=not args.no_plan)
-    print(f"wrote {path}")
+        export = export_easyr1 if args.format == "easyr1" else export_verl
+        path = export(args.data, args.out, with_plan=not args.no_plan)
+    print(f"wrote {path}; trainer settings (reward file, pixel bounds) in {path.parent / 'RECIPE.md'}")
     return 0
 
 
@@ -147,12 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="vsp: keep the PNGs as they are (default: 256x256, as the paper)",
     )
     imp.set_defaults(func=_cmd_import)
-    exp = dsub.add_parser("export", help="export to LLaMA-Factory or EasyR1/verl formats")
-    exp.add_argument("format", choices=["llamafactory", "easyr1"])
+    exp = dsub.add_parser("export", help="export to LLaMA-Factory, EasyR1 or verl formats")
+    exp.add_argument("format", choices=["llamafactory", "easyr1", "verl"])
     exp.add_argument("--data", nargs="+", required=True)
     exp.add_argument("--out", required=True)
     exp.add_argument(
-        "--no-plan", action="store_true", help="easyr1: teacher context without the reference plan"
+        "--no-plan", action="store_true", help="easyr1/verl: teacher context without the reference plan"
+    )
+    exp.add_argument(
+        "--name", help="llamafactory: the dataset_info.json entry (default: mgsd_perception_sft_<split>)"
     )
     exp.set_defaults(func=_cmd_export)
 

@@ -4,14 +4,21 @@ Only the standard library HTTP server (``ThreadingHTTPServer``) and the ``Backbo
 
 * ``POST /v1/chat/completions``: ``messages`` (system/user/assistant; content a string or a list of
   ``text`` and ``image_url`` parts, images as ``data:`` URLs), ``max_tokens`` (or
-  ``max_completion_tokens``), ``temperature`` (0 = greedy), ``top_p``, ``seed``; returns
-  ``choices[0].message.content``, ``finish_reason`` and ``usage``;
+  ``max_completion_tokens``), ``temperature`` (0 = greedy), ``top_p``, ``seed``, ``stop`` (a string
+  or up to 4: the completion is cut before the first one, ``finish_reason`` "stop"); returns
+  ``choices[0].message.content``, ``finish_reason`` and ``usage``. ``stream: true`` is answered as
+  server-sent events once the completion is done (the whole text in one chunk, then the finish
+  reason, the usage when ``stream_options.include_usage``, and ``[DONE]``); ``n`` > 1 is refused with a
+  400 (one choice per request);
 * ``GET /v1/models``: the one served model; ``GET /health``.
 
 Handler threads only parse and validate; one worker thread owns the model, so model calls never run
 concurrently. It batches requests that arrive together and share generation settings (up to
 ``max_batch``), which is what makes concurrent clients faster than one request at a time. A bad request
 is an HTTP 4xx with an OpenAI-style ``{"error": {...}}`` body; nothing is fetched from the network.
+Every error leaves a keep-alive connection usable: the request's body is read and discarded, or, when it
+cannot be (too large, no or bad ``Content-Length``, too slow), the reply says ``Connection: close`` and
+the connection is closed.
 
 Model outputs and requests are untrusted, so every resource a request can claim is bounded (``Limits``)
 and refused before it is spent: the body size (413, checked against ``Content-Length`` before reading;
@@ -27,6 +34,7 @@ import base64
 import binascii
 import io
 import json
+import socket
 import threading
 import time
 import uuid
@@ -39,6 +47,8 @@ from typing import Any
 from PIL import Image
 
 MAX_BODY = 64 * 1024 * 1024  # bytes; a few hundred 512px PNGs
+MAX_STOP = 4  # stop sequences per request, as OpenAI allows
+LINGER_SECONDS = 2.0  # after a refusal that closes: how long the unread body is still read and discarded
 
 
 @dataclass(frozen=True)
@@ -78,10 +88,14 @@ class Params:
     temperature: float
     top_p: float
     seed: int | None
+    stop: tuple[str, ...] = ()
+    stream: bool = False  # how the reply is sent, not how it is generated: not part of ``key``
+    include_usage: bool = False
 
     @property
     def key(self) -> tuple[Any, ...]:
-        """Requests with equal keys can share one ``generate`` call."""
+        """Requests with equal keys can share one ``generate`` call (``stop`` is applied afterwards,
+        per request, so it does not split a batch)."""
         greedy = self.temperature <= 0
         return (self.max_tokens, greedy, None if greedy else (self.temperature, self.top_p, self.seed))
 
@@ -136,6 +150,29 @@ def _number(body: Mapping[str, Any], name: str, default: float, lo: float, hi: f
     return float(value)
 
 
+def _stop(value: Any) -> tuple[str, ...]:
+    """``stop``: null, one string, or a list of up to ``MAX_STOP`` non-empty strings (an empty list, which
+    some clients send for "none", stops nowhere)."""
+    if value is None:
+        return ()
+    stops = [value] if isinstance(value, str) else value
+    if (
+        not isinstance(stops, list)
+        or len(stops) > MAX_STOP
+        or not all(isinstance(x, str) and x for x in stops)
+    ):
+        raise RequestError(
+            f"stop must be a non-empty string or a list of at most {MAX_STOP} non-empty strings", param="stop"
+        )
+    return tuple(stops)
+
+
+def apply_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
+    """``text`` cut before the earliest stop string (excluded, as OpenAI does), and whether one occurred."""
+    cuts = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return (text[: min(cuts)], True) if cuts else (text, False)
+
+
 def parse_request(
     body: Any, served_name: str, max_tokens_limit: int, limits: Limits | None = None
 ) -> tuple[list[dict[str, Any]], Params]:
@@ -151,10 +188,24 @@ def parse_request(
             param="model",
             code="model_not_found",
         )
-    if body.get("stream"):
-        raise RequestError("streaming is not supported", param="stream")
-    if body.get("n", 1) != 1:
-        raise RequestError("only n=1 is supported", param="n")
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise RequestError("stream must be a boolean", param="stream")
+    options = body.get("stream_options")
+    usage = options.get("include_usage") if isinstance(options, dict) else None
+    if options is not None and (not isinstance(options, dict) or not isinstance(usage, (bool, type(None)))):
+        raise RequestError(
+            "stream_options must be an object with a boolean include_usage", param="stream_options"
+        )
+    n = body.get("n")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise RequestError("n must be a positive integer", param="n")
+    if n is not None and n > 1:
+        raise RequestError(
+            "n > 1 is not supported by this server (one choice per request); send n=1 or repeat the request",
+            param="n",
+            code="unsupported",
+        )
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise RequestError("messages must be a non-empty list", param="messages")
@@ -184,6 +235,9 @@ def parse_request(
         temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
         top_p=_number(body, "top_p", 1.0, 1e-6, 1.0),
         seed=seed,
+        stop=_stop(body.get("stop")),
+        stream=bool(stream),
+        include_usage=bool(usage),
     )
     return conversation, params
 
@@ -392,11 +446,17 @@ class ModelWorker:
         )
         prompt_tokens = ctx.attention_mask.sum(-1).tolist()
         for i, job in enumerate(batch):
+            text, stopped = apply_stop(gen.texts[i], job.params.stop)
+            n_completion = len(gen.sequences[i])
+            if stopped:  # usage counts what is returned, as an early stop would have
+                n_completion = min(
+                    n_completion, len(self.bb.tokenizer(text, add_special_tokens=False)["input_ids"])
+                )
             job.result = {
-                "text": gen.texts[i],
-                "finish_reason": "stop" if gen.finished[i] else "length",
+                "text": text,
+                "finish_reason": "stop" if stopped or gen.finished[i] else "length",
                 "prompt_tokens": int(prompt_tokens[i]),
-                "completion_tokens": len(gen.sequences[i]),
+                "completion_tokens": n_completion,
             }
             job.done.set()
 
@@ -404,6 +464,7 @@ class ModelWorker:
 class _Handler(BaseHTTPRequestHandler):
     server: MGSDServer
     protocol_version = "HTTP/1.1"
+    _linger = False  # this request's body was left unread (see ``_refuse``)
 
     def log_message(self, format: str, *args: Any) -> None:
         if self.server.verbose:
@@ -414,18 +475,95 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        if self.close_connection:  # tell the client, so it does not send its next request here
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(data)
 
+    def _refuse(self, exc: RequestError) -> None:
+        """Send ``exc``. When the body was left unread, read and drop what the client still sends for a
+        moment before closing: closing on unread data resets the connection, and the client may then
+        lose this reply."""
+        self._send(exc.status, exc.body())
+        if not self._linger:
+            return
+        try:
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_WR)
+            self.connection.settimeout(0.2)
+            buf, left = bytearray(65536), self.server.limits.max_body
+            deadline = time.monotonic() + LINGER_SECONDS
+            while left > 0 and time.monotonic() < deadline:
+                got = self.connection.recv_into(buf)
+                if not got:
+                    break
+                left -= got
+        except OSError:  # the client has gone: nothing left to protect
+            pass
+
+    def _read_body(self, *, required: bool) -> bytes:
+        """The request body, read in full so a keep-alive connection stays in step; on any failure the
+        connection is marked for closing (and ``_linger`` set when unread bytes may follow)."""
+        limits = self.server.limits
+        header = self.headers.get("Content-Length")
+        try:
+            if self.headers.get("Transfer-Encoding") is not None:  # its length is not known up front
+                raise RequestError(
+                    "chunked request bodies are not supported; send a Content-Length", status=411
+                )
+            if header is None and not required:
+                return b""  # HTTP/1.1: no Content-Length and no Transfer-Encoding is an empty body
+            length = content_length(header, limits)
+        except RequestError:
+            self.close_connection = True  # the unread body must not be taken for the next request
+            self._linger = True
+            raise
+        try:
+            data = self.rfile.read(length)
+        except TimeoutError:
+            self.close_connection = True
+            raise RequestError("timed out reading the request body", status=408) from None
+        if len(data) < length:
+            self.close_connection = True
+            raise RequestError(f"the body has {len(data)} of its {length} bytes (Content-Length)")
+        return data
+
+    def _route_error(self) -> None:
+        """Answer a request for an unknown route or method: its body is drained first."""
+        path = self.path.split("?")[0].rstrip("/")
+        status = 404 if self.command in ("GET", "POST") else 405
+        what = "no route" if status == 404 else "method not allowed:"
+        self._reply_error(RequestError(f"{what} {self.command} {path}", status=status))
+
+    def _reply_error(self, exc: RequestError) -> None:
+        try:
+            self._read_body(required=False)
+        except RequestError as body_exc:  # the body itself is refused: that is the answer
+            exc = body_exc
+        self._refuse(exc)
+
+    def handle_one_request(self) -> None:
+        self._linger = False
+        super().handle_one_request()
+
     def do_GET(self) -> None:
         path = self.path.split("?")[0].rstrip("/")
+        if path not in ("/v1/models", "/health"):
+            self._route_error()
+            return
+        try:
+            self._read_body(required=False)  # a GET may carry one; it must not be read as a request
+        except RequestError as exc:
+            self._refuse(exc)
+            return
         if path == "/v1/models":
             model = {"id": self.server.served_name, "object": "model", "created": self.server.created}
             self._send(200, {"object": "list", "data": [{**model, "owned_by": "mgsd"}]})
-        elif path == "/health":
-            self._send(200, {"status": "ok"})
         else:
-            self._send(404, RequestError(f"no route GET {path}", status=404).body())
+            self._send(200, {"status": "ok"})
+
+    # Other methods get an OpenAI-style 405 instead of http.server's HTML 501.
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _route_error
 
     def setup(self) -> None:
         self.timeout = self.server.limits.request_timeout  # a slow or short body cannot hold a thread
@@ -434,22 +572,11 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         path = self.path.split("?")[0].rstrip("/")
         limits = self.server.limits
+        if path != "/v1/chat/completions":
+            self._route_error()
+            return
         try:
-            if path != "/v1/chat/completions":
-                raise RequestError(f"no route POST {path}", status=404)
-            try:
-                length = content_length(self.headers.get("Content-Length"), limits)
-            except RequestError:
-                self.close_connection = True  # the unread body must not be taken for the next request
-                raise
-            try:
-                data = self.rfile.read(length)
-            except TimeoutError:
-                self.close_connection = True
-                raise RequestError("timed out reading the request body", status=408) from None
-            if len(data) < length:
-                self.close_connection = True
-                raise RequestError(f"the body has {len(data)} of its {length} bytes (Content-Length)")
+            data = self._read_body(required=True)
             body = parse_body(data, limits)
             conversation, params = parse_request(
                 body, self.server.served_name, self.server.max_tokens_limit, limits
@@ -457,29 +584,51 @@ class _Handler(BaseHTTPRequestHandler):
             precheck_prompt(conversation, limits.max_prompt_tokens)
             out = self.server.worker.submit(conversation, params)
         except RequestError as exc:
-            self._send(exc.status, exc.body())
+            self._refuse(exc)
             return
-        self._send(
-            200,
-            {
-                "id": f"chatcmpl-{uuid.uuid4().hex}",
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": self.server.served_name,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": out["text"]},
-                        "finish_reason": out["finish_reason"],
-                    }
-                ],
-                "usage": {
-                    "prompt_tokens": out["prompt_tokens"],
-                    "completion_tokens": out["completion_tokens"],
-                    "total_tokens": out["prompt_tokens"] + out["completion_tokens"],
-                },
-            },
-        )
+        head = {
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "created": int(time.time()),
+            "model": self.server.served_name,
+        }
+        usage = {
+            "prompt_tokens": out["prompt_tokens"],
+            "completion_tokens": out["completion_tokens"],
+            "total_tokens": out["prompt_tokens"] + out["completion_tokens"],
+        }
+        if params.stream:
+            self._send_events(completion_chunks(head, out["text"], out["finish_reason"], usage, params))
+            return
+        message = {"role": "assistant", "content": out["text"]}
+        choice = {"index": 0, "message": message, "finish_reason": out["finish_reason"]}
+        self._send(200, {**head, "object": "chat.completion", "choices": [choice], "usage": usage})
+
+    def _send_events(self, events: list[dict[str, Any]]) -> None:
+        """Server-sent events, ending with ``[DONE]``; the body is complete, so it has a length and the
+        connection stays usable."""
+        data = b"".join(f"data: {json.dumps(e)}\n\n".encode() for e in events) + b"data: [DONE]\n\n"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def completion_chunks(
+    head: Mapping[str, Any], text: str, finish_reason: str, usage: Mapping[str, int], params: Params
+) -> list[dict[str, Any]]:
+    """A finished completion as ``chat.completion.chunk`` events: the text, then the finish reason,
+    then (when asked) the usage in a chunk with no choices, as OpenAI sends them."""
+
+    def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        return {**head, "object": "chat.completion.chunk", "choices": [choice]}
+
+    events = [chunk({"role": "assistant", "content": text}, None), chunk({}, finish_reason)]
+    if params.include_usage:
+        events.append({**head, "object": "chat.completion.chunk", "choices": [], "usage": dict(usage)})
+    return events
 
 
 class MGSDServer(ThreadingHTTPServer):
