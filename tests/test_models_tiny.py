@@ -168,3 +168,51 @@ def test_coordinate_embeddings_start_as_row_plus_column(tiny_dir: Path) -> None:
     torch.testing.assert_close(e(" (5,0)"), e("(5,0)"))
     assert not torch.allclose(e("(1,2)"), e("(2,1)"))
     assert 0.5 < float(e("(3,3)").std()) / float(emb.std()) < 2.0
+
+
+def test_saved_adapter_points_at_its_own_base_and_loads_with_plain_peft(
+    tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from peft import PeftModel
+
+    bb = Backbone.load(tiny_dir, device="cpu")
+    bb.add_lora(r=4, alpha=8)
+    with torch.no_grad():
+        for n, p in bb.model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    adapted = _logits(bb)
+    kept = bb.save(tmp_path / "run" / "model", merge_lora=False)
+    cfg = json.loads((kept / "adapter" / "adapter_config.json").read_text())
+    assert cfg["base_model_name_or_path"] == str(kept.resolve())
+    monkeypatch.chdir(tmp_path / "run" / "model" / "adapter")  # from any folder: not cwd-relative
+    base = AutoModelForImageTextToText.from_pretrained(cfg["base_model_name_or_path"])
+    peft = PeftModel.from_pretrained(base, str(kept / "adapter"))
+    ours = Backbone(peft, Backbone.load(kept, device="cpu").processor)
+    torch.testing.assert_close(_logits(ours), adapted, atol=1e-5, rtol=0)
+
+
+def test_saved_directory_has_the_video_config_autoprocessor_needs(tiny_dir: Path, tmp_path: Path) -> None:
+    out = Backbone.load(tiny_dir, device="cpu").save(tmp_path / "m")
+    video = json.loads((out / "video_preprocessor_config.json").read_text())
+    image = json.loads((out / "processor_config.json").read_text())["image_processor"]
+    assert video["video_processor_type"] == "Qwen3VLVideoProcessor"
+    for k in ("patch_size", "merge_size", "temporal_patch_size", "image_mean", "image_std"):
+        assert video[k] == image[k], k
+    # A re-save keeps a video config that the source had, as it was.
+    (out / "video_preprocessor_config.json").write_text(json.dumps({**video, "fps": 1}))
+    again = Backbone.load(out, device="cpu").save(tmp_path / "again")
+    assert json.loads((again / "video_preprocessor_config.json").read_text())["fps"] == 1
+
+
+def test_plain_autoprocessor_loads_a_saved_directory_where_torchvision_is_installed(
+    tiny_dir: Path, tmp_path: Path
+) -> None:
+    pytest.importorskip("torchvision", reason="transformers builds Qwen-VL video processors with torchvision")
+    from transformers import AutoProcessor
+
+    out = Backbone.load(tiny_dir, device="cpu").save(tmp_path / "m")
+    processor = AutoProcessor.from_pretrained(out)
+    model = AutoModelForImageTextToText.from_pretrained(out)
+    plain = Backbone(model, processor)
+    torch.testing.assert_close(_logits(plain), _logits(Backbone.load(out, device="cpu")), atol=0, rtol=0)

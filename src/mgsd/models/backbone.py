@@ -37,7 +37,7 @@ from mgsd.models.context import Context, append_responses
 from mgsd.models.generation import Generation, RecordLogprobs, Suppress, cut_at_stop
 from mgsd.models.logprobs import TokenLogProbs, gather_logprobs
 from mgsd.models.positions import position_ids
-from mgsd.models.processor import load_processor
+from mgsd.models.processor import VIDEO_CONFIG, load_processor, video_processor_config
 from mgsd.models.storage import (
     atomic_directory,
     quiet_progress,
@@ -84,6 +84,7 @@ class Backbone:
             self.peft, model = model, model.get_base_model()
         self.model = model
         self.processor = processor
+        self.source: str | None = None  # the directory it was loaded from (its processor files)
         self.tokenizer = processor.tokenizer
         self.tokenizer.padding_side = "left"  # prompts end at the same column: responses line up
         param_dtype = next(model.parameters()).dtype
@@ -144,7 +145,9 @@ class Backbone:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         model.to(device)
         model.eval()
-        return cls(model, processor, compute_dtype=compute_dtype)
+        bb = cls(model, processor, compute_dtype=compute_dtype)
+        bb.source = str(source)
+        return bb
 
     def save(
         self, out_dir: str | os.PathLike[str], *, merge_lora: bool = True, dtype: str | None = None
@@ -170,7 +173,13 @@ class Backbone:
                 set_config_dtype(tmp / "config.json", str(target).removeprefix("torch."))
             if self.peft is not None and not merge_lora:
                 lora_lib.save_adapter(self.peft, str(tmp / ADAPTER_DIR))
+                # peft records the base as given at load time (often relative to some other cwd);
+                # the base weights are the ones saved here, so point at this directory, absolutely.
+                _set_adapter_base(tmp / ADAPTER_DIR, Path(out_dir).resolve())
             self.processor.save_pretrained(tmp)
+            video = video_processor_config(self.source, self.model.config.model_type, self.processor)
+            if video is not None and not (tmp / VIDEO_CONFIG).exists():
+                (tmp / VIDEO_CONFIG).write_text(json.dumps(video, indent=2, sort_keys=True) + "\n")
         return Path(out_dir)
 
     # ------------------------------------------------------------------ properties
@@ -625,3 +634,10 @@ def _strip_images(conversation: Sequence[Message]) -> list[Message]:
             content = [{"type": "image"} if p.get("type") == "image" else p for p in content]
         out.append({**message, "content": content})
     return out
+
+
+def _set_adapter_base(adapter_dir: Path, base: Path) -> None:
+    cfg_path = adapter_dir / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["base_model_name_or_path"] = str(base)
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")

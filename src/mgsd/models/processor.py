@@ -10,6 +10,8 @@ looks like any other Qwen-VL checkpoint.
 from __future__ import annotations
 
 import functools
+import importlib
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -77,3 +79,43 @@ def load_processor(path_or_id: str | Path, trust_remote_code: bool = False, **kw
         raise ValueError(f"cannot build a processor for model type {config.model_type!r}") from error
     log.debug("AutoProcessor unavailable (%s); using image-only %s", error, base.__name__)
     return image_only_processor_class(base).from_pretrained(str(path_or_id), **kwargs)
+
+
+VIDEO_CONFIG = "video_preprocessor_config.json"
+
+
+def _video_processor_name(model_type: str, processor: ProcessorMixin) -> str | None:
+    """The video processor class ``AutoProcessor`` builds for ``model_type`` (e.g.
+    ``Qwen3VLVideoProcessor``), found without importing torchvision."""
+    from transformers.models.auto.video_processing_auto import VIDEO_PROCESSOR_MAPPING_NAMES
+
+    names = VIDEO_PROCESSOR_MAPPING_NAMES.get(model_type) or {}
+    name = names.get("torchvision") if isinstance(names, dict) else names
+    if name:
+        return name
+    # Without torchvision the mapping is empty for most models: follow the naming convention.
+    guess = type(processor).__name__.replace("Processor", "VideoProcessor")
+    try:
+        module = importlib.import_module(f"transformers.models.{model_type}.video_processing_{model_type}")
+    except ImportError:
+        return None
+    return guess if hasattr(module, guess) else None
+
+
+def video_processor_config(
+    source: str | Path | None, model_type: str, processor: ProcessorMixin
+) -> dict | None:
+    """The ``video_preprocessor_config.json`` to save beside a processor that has no video processor
+    (built without torchvision), so that ``AutoProcessor.from_pretrained`` of the saved directory
+    works wherever torchvision is installed: the source's own file when it had one (a re-save must
+    not drop it), else one that matches the image processor (same patches, merge and normalisation)."""
+    if hasattr(processor, "video_processor"):
+        return None  # save_pretrained writes it
+    if source is not None and (Path(source) / VIDEO_CONFIG).is_file():
+        return json.loads((Path(source) / VIDEO_CONFIG).read_text())
+    name = _video_processor_name(model_type, processor)
+    ip = getattr(processor, "image_processor", None)
+    if name is None or ip is None:
+        return None
+    keys = ("patch_size", "merge_size", "temporal_patch_size", "image_mean", "image_std", "do_convert_rgb")
+    return {"video_processor_type": name, **{k: getattr(ip, k) for k in keys if hasattr(ip, k)}}
