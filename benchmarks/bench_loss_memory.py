@@ -22,6 +22,14 @@ of waking the OOM killer on a shared machine). An unchunked case over the cap is
 1/4 of the tokens instead and extrapolated linearly to ``--tokens`` (its memory is affine in the
 token count: every large tensor is tokens x V); such a figure is marked "~".
 
+Measured (this 2-core CPU, shared, --max-mb 13000, chunk 256, head frozen; MB the loss allocated):
+
+    loss      before MB  after MB after/before
+    sampled        4761       721        0.151
+    full           9508      1182        0.124
+    topk           5950       744        0.125
+    jsd          ~15445      1929        0.125   (before over the cap: from 3872 MB @512, 7730 @1024)
+
     taskset -c 1 python benchmarks/bench_loss_memory.py [--tokens 2048] [--chunk 256]
         [--losses sampled,full,topk,jsd] [--max-mb 12000] [--head-grad]
 """

@@ -201,7 +201,8 @@ def test_logit_chunk_is_validated() -> None:
         TrainConfig(logit_chunk=-1)
 
 
-def test_trainer_full_loss_with_logit_chunk_gives_the_same_weights(tmp_path: Path) -> None:
+@pytest.mark.parametrize("objective", ["opsd", "perception"])  # stage 2 with loss full; SFT
+def test_trainer_with_logit_chunk_gives_the_same_weights(tmp_path: Path, objective: str) -> None:
     model = init_tiny(tmp_path / "tiny", preset="tiny", seed=0)
     generate_dataset(
         get_task("maze"), [3], 4, split="train", seed=0, out=tmp_path / "train", progress=False, workers=1
@@ -210,7 +211,7 @@ def test_trainer_full_loss_with_logit_chunk_gives_the_same_weights(tmp_path: Pat
     for chunk in (0, 5):
         out = tmp_path / f"run{chunk}"
         cfg = {
-            "objective": "opsd",
+            "objective": objective,
             "model": str(model),
             "out": str(out),
             "train_data": [str(tmp_path / "train")],
