@@ -75,6 +75,7 @@ def test_paper_stage2_is_mgsd_opsd(size: str) -> None:
     assert (c.batch_size, c.epochs, c.max_steps) == (32, 5.0, 0)
     assert (c.eval_every, c.save_every, c.keep_last) == (20, 20, 3)
     assert c.compute_dtype == "bfloat16"  # bf16 arithmetic; the trainer keeps fp32 master weights
+    assert c.logit_chunk == 256  # the sampled loss never holds a micro-batch's (tokens, vocab) logits
 
 
 def test_4b_and_8b_differ_only_in_model_names() -> None:

@@ -5,7 +5,8 @@
 * ``encode`` / ``encode_student`` / ``encode_teacher``: chat turns -> a left-padded ``Context``;
 * ``generate``: batched sampling or greedy decoding, stopping at end of turn;
 * ``token_logprobs``: log-probs of the SAME response ids under any context, one forward per context,
-  with positions (Qwen M-RoPE included) computed for that context;
+  with positions (Qwen M-RoPE included) computed for that context; with ``logit_chunk`` from the
+  final hidden states, never holding the whole ``(B, R, V)`` logits;
 * ``add_lora`` / ``teacher()``: peft LoRA, and the base with the adapter disabled as frozen teacher;
 * ``save``: an atomic, plain HF model directory (LoRA merged, or kept beside the base weights).
 
@@ -35,7 +36,7 @@ from mgsd.models import lora as lora_lib
 from mgsd.models.chat import Message, count_images, student_messages, teacher_messages
 from mgsd.models.context import Context, append_responses
 from mgsd.models.generation import Generation, RecordLogprobs, Suppress, cut_at_stop
-from mgsd.models.logprobs import TokenLogProbs, gather_logprobs
+from mgsd.models.logprobs import OutputStates, TokenLogProbs, chunked_logprobs, gather_logprobs
 from mgsd.models.positions import position_ids
 from mgsd.models.processor import VIDEO_CONFIG, load_processor, video_processor_config
 from mgsd.models.storage import (
@@ -47,6 +48,16 @@ from mgsd.models.storage import (
 )
 
 ADAPTER_DIR = "adapter"  # LoRA weights saved beside unmerged base weights
+# Config keys of HF models that change the logits after ``lm_head`` (Gemma's soft-cap, Cohere's and
+# Granite's scales, muP-style multipliers): the chunked path, head(hidden), would miss them.
+_LOGIT_TRANSFORMS = (
+    "final_logit_softcapping",
+    "logit_softcapping",
+    "logit_scale",
+    "logits_scaling",
+    "lm_head_multiplier",
+    "output_multiplier",
+)
 
 
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
@@ -484,6 +495,7 @@ class Backbone:
         *,
         grad: bool = False,
         full_vocab: bool = False,
+        logit_chunk: int = 0,
     ) -> TokenLogProbs:
         """Log-probs (temperature 1) of ``response_ids[i]`` following prompt ``i`` of ``ctx``.
 
@@ -491,9 +503,16 @@ class Backbone:
         computed for this concatenation, so each context gets its own. ``grad=True`` keeps the graph
         (student update); otherwise runs under ``no_grad`` (teacher, old log-probs). ``full_vocab``
         also returns log-probs over the whole vocabulary at the response positions, ``(B, R, V)``.
+
+        ``logit_chunk > 0`` runs the model without its output head (``self.model.model``, see
+        ``output_head``) and computes the log-probs ``logit_chunk`` tokens at a time from the final
+        hidden states, recomputing each block in backward; ``full_vocab`` then returns those hidden
+        states and the head (``.hidden``) instead of ``.full``, for the chunked vocabulary losses.
         """
         if grad and self._teacher_mode:
             raise ValueError("grad=True inside teacher(): the teacher is frozen")
+        if logit_chunk < 0:
+            raise ValueError(f"logit_chunk must be >= 0, got {logit_chunk}")
         responses = [[int(t) for t in r] for r in response_ids]
         self.check_context(ctx)
         self._check_responses(ctx, responses)
@@ -509,17 +528,29 @@ class Backbone:
             "use_cache": False,
             **extras,
         }
-        if "logits_to_keep" in self._forward_params:
-            kwargs["logits_to_keep"] = R + 1  # only the positions that predict response tokens
-        # Without grad (teacher, old log-probs) the model runs in eval mode, like the sampler.
-        mode = nullcontext() if grad else self._eval_mode()
-        with mode, torch.set_grad_enabled(grad), self.autocast():
-            logits = self.model(**kwargs).logits
-        logits = logits[:, -(R + 1) : -1]  # position L-1+t predicts response token t
         targets = input_ids[:, L:]
         resp_mask = mask[:, L:].to(torch.float32)
-        logprobs = gather_logprobs(logits, targets) * resp_mask
-        full = torch.log_softmax(logits.float(), dim=-1) if full_vocab else None
+        # Without grad (teacher, old log-probs) the model runs in eval mode, like the sampler.
+        mode = nullcontext() if grad else self._eval_mode()
+        full = hidden = None
+        if logit_chunk:
+            inner, head = self.output_head()
+            with mode, torch.set_grad_enabled(grad), self.autocast():
+                states = inner(**kwargs).last_hidden_state[:, -(R + 1) : -1]
+                weight = head.weight if grad else head.weight.detach()
+                bias = head.bias if head.bias is None or grad else head.bias.detach()
+                out = OutputStates(states, weight, bias)
+                # Under autocast, so the head's matmul runs in the compute dtype as lm_head would.
+                logprobs = chunked_logprobs(out, targets, resp_mask, logit_chunk)
+            hidden = out if full_vocab else None
+        else:
+            if "logits_to_keep" in self._forward_params:
+                kwargs["logits_to_keep"] = R + 1  # only the positions that predict response tokens
+            with mode, torch.set_grad_enabled(grad), self.autocast():
+                logits = self.model(**kwargs).logits
+            logits = logits[:, -(R + 1) : -1]  # position L-1+t predicts response token t
+            logprobs = gather_logprobs(logits, targets) * resp_mask
+            full = torch.log_softmax(logits.float(), dim=-1) if full_vocab else None
         return TokenLogProbs(
             logprobs=logprobs,
             mask=resp_mask,
@@ -527,7 +558,39 @@ class Backbone:
             template_id=ctx.template_id,
             tokenizer_id=ctx.tokenizer_id,
             full=full,
+            hidden=hidden,
         )
+
+    def output_head(self) -> tuple[nn.Module, nn.Linear]:
+        """The model without its output head, and the head, for the chunked path.
+
+        Assumes ``logits = lm_head(model.model(...).last_hidden_state)``: true of Hugging Face
+        ``*ForConditionalGeneration`` VLMs (Qwen-VL, LLaVA, ...), whose ``.model`` is everything but
+        the head, also with a peft LoRA attached (``self.model`` is then the base model with adapter
+        layers injected, so ``teacher()``'s adapter-off context still applies). Refuses, with the
+        reason, a model where it visibly does not hold: no ``.model``, a head that is not a plain
+        ``nn.Linear`` (a LoRA on the head would be live outside ``teacher()``), or a config that
+        scales or soft-caps the logits after the head.
+        """
+        inner = getattr(self.model, "model", None)
+        head = self.model.get_output_embeddings()
+        name = type(self.model).__name__
+        if not isinstance(inner, nn.Module) or inner is self.model:
+            raise ValueError(f"logit_chunk: {name} has no inner .model returning the final hidden states")
+        if type(head) is not nn.Linear:
+            raise ValueError(
+                f"logit_chunk: {name}'s output head is {type(head).__name__}, not a plain nn.Linear"
+            )
+        configs = [self.model.config, getattr(self.model.config, "text_config", None)]
+        for key in _LOGIT_TRANSFORMS:
+            for config in configs:
+                value = getattr(config, key, None) if config is not None else None
+                if value not in (None, 0, 1, 0.0, 1.0):
+                    raise ValueError(
+                        f"logit_chunk: {name} transforms its logits after the head ({key}={value}): "
+                        "the chunked path would compute other log-probs; use logit_chunk: 0"
+                    )
+        return inner, head
 
     # ------------------------------------------------------------------ LoRA / teacher
     def add_lora(

@@ -1,14 +1,38 @@
 """Per-token log-probabilities of fixed response tokens, and the teacher-student gap.
 
 Everything here is at temperature 1: ``log softmax(logits)`` gathered at the response tokens.
+
+The sequence-chunked path (``logit_chunk > 0``): instead of the ``(B, R, V)`` logits, keep the final
+hidden states ``(B, R, H)`` and the output head (``OutputStates``), and compute anything over the
+vocabulary a block of ``chunk`` tokens at a time (``map_token_chunks``), each block recomputed in
+backward, so at most one block's ``(chunk, V)`` logits are alive.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+
+@dataclass
+class OutputStates:
+    """Final hidden states at the response positions and the linear output head that maps them to
+    logits: ``logits = states @ weight.T + bias``. ``states``: ``(B, R, H)``; ``weight``: ``(V, H)``
+    (the live parameter for a student, so the head trains with full fine-tuning; detached for a
+    teacher)."""
+
+    states: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor | None = None
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits of some rows of ``states`` (``(..., H)`` -> ``(..., V)``), in the head's dtype
+        (or autocast's, as the model's own ``lm_head`` would compute them)."""
+        return F.linear(hidden.to(self.weight.dtype), self.weight, self.bias)
 
 
 @dataclass
@@ -17,7 +41,8 @@ class TokenLogProbs:
 
     ``logprobs`` and ``mask`` are ``(B, R)`` float32, right-padded (``mask`` is 1 up to and including
     each response's last token, EOS included when the response has one). ``full`` optionally holds
-    the full-vocabulary log-probs ``(B, R, V)`` at the same positions. ``response_ids``,
+    the full-vocabulary log-probs ``(B, R, V)`` at the same positions; ``hidden`` instead holds the
+    hidden states and output head they come from (the chunked path). ``response_ids``,
     ``template_id`` and ``tokenizer_id`` record what was scored, for the pairing guards.
     Unpacks as ``logprobs, mask = backbone.token_logprobs(...)``.
     """
@@ -28,6 +53,7 @@ class TokenLogProbs:
     template_id: str = ""
     tokenizer_id: str = ""
     full: torch.Tensor | None = None
+    hidden: OutputStates | None = None
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         return iter((self.logprobs, self.mask))
@@ -38,6 +64,45 @@ def gather_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
     logits = logits.float()
     picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     return picked - torch.logsumexp(logits, dim=-1)
+
+
+def map_token_chunks(
+    fn: Callable[..., torch.Tensor], tensors: Sequence[torch.Tensor], chunk: int
+) -> torch.Tensor:
+    """``fn`` over consecutive blocks of ``chunk`` rows of ``tensors`` (all ``(N, ...)``), outputs
+    concatenated along rows. ``fn`` maps a block to one value per row (a log-prob, a divergence).
+
+    With gradients on, every block runs under non-reentrant activation checkpointing: the forward
+    keeps only the block's inputs, and backward recomputes the block's logits one block at a time
+    (tensors ``fn`` reads from its closure, such as a trainable head weight, get gradients too).
+    The price is one more head matmul per block in backward.
+    """
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    n = tensors[0].shape[0]
+    outs = []
+    for start in range(0, n, chunk):
+        block = [t[start : start + chunk] for t in tensors]
+        if torch.is_grad_enabled():
+            outs.append(checkpoint(fn, *block, use_reentrant=False))
+        else:
+            outs.append(fn(*block))
+    return torch.cat(outs)
+
+
+def chunked_logprobs(
+    hidden: OutputStates, targets: torch.Tensor, mask: torch.Tensor, chunk: int
+) -> torch.Tensor:
+    """``gather_logprobs(logits, targets) * mask`` ``(B, R)`` from hidden states, computed over the
+    masked tokens ``chunk`` at a time: never more than ``(chunk, V)`` logits at once."""
+    keep = mask.bool()
+    if not bool(keep.any()):  # nothing to score; keep the result on the graph for a backward
+        return hidden.states.sum(-1).float() * 0.0
+    values = map_token_chunks(
+        lambda h, y: gather_logprobs(hidden.logits(h), y), [hidden.states[keep], targets[keep]], chunk
+    )
+    out = torch.zeros(mask.shape, dtype=values.dtype, device=values.device)
+    return out.index_put((keep,), values) * mask.to(values.dtype)
 
 
 def check_same_responses(a: Sequence[Sequence[int]], b: Sequence[Sequence[int]]) -> None:

@@ -6,8 +6,12 @@ prompt and padding. Every loss is a masked mean over tokens of the whole batch.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
+
+from mgsd.models.logprobs import OutputStates, chunked_logprobs, map_token_chunks
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor, denom: float | None = None) -> torch.Tensor:
@@ -58,6 +62,45 @@ def policy_gradient_loss(
     return -masked_mean(surrogate, mask, denom)
 
 
+# ---------------------------------------------------------------- vocabulary divergences, per token
+# One definition of each divergence per token position, ``(..., V)`` logits -> ``(...)``. The
+# unchunked losses apply it to the whole ``(B, R, V)`` batch; the chunked ones to blocks of tokens.
+
+
+def reverse_kl_per_token(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, top_k: int | None = None
+) -> torch.Tensor:
+    """Reverse KL(student || teacher) at each position; with ``top_k`` over the student's k most
+    likely tokens, both distributions renormalised on that support."""
+    s = F.log_softmax(student_logits.float(), dim=-1)
+    t = F.log_softmax(teacher_logits.float(), dim=-1).detach()
+    if top_k is not None:
+        idx = s.topk(top_k, dim=-1).indices
+        s = F.log_softmax(s.gather(-1, idx), dim=-1)
+        t = F.log_softmax(t.gather(-1, idx), dim=-1)
+    return (s.exp() * (s - t)).sum(-1)
+
+
+def jsd_per_token(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, beta: float = 0.5
+) -> torch.Tensor:
+    """Generalised JSD (GKD) at each position: ``beta * KL(t || m) + (1 - beta) * KL(s || m)`` with
+    the mixture ``m = (1 - beta) s + beta t``."""
+    if not 0.0 < beta < 1.0:
+        raise ValueError("beta must be in (0, 1); use full_reverse_kl for beta = 1")
+    s = F.log_softmax(student_logits.float(), dim=-1)
+    t = F.log_softmax(teacher_logits.float(), dim=-1).detach()
+    log_m = torch.logsumexp(
+        torch.stack([s + torch.log1p(torch.tensor(-beta)), t + torch.log(torch.tensor(beta))]), 0
+    )
+    kl_t = (t.exp() * (t - log_m)).sum(-1)
+    kl_s = (s.exp() * (s - log_m)).sum(-1)
+    return beta * kl_t + (1 - beta) * kl_s
+
+
+# ---------------------------------------------------------------- unchunked: (B, R, V) logits in hand
+
+
 def full_reverse_kl(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
@@ -68,14 +111,7 @@ def full_reverse_kl(
     """Exact per-position reverse KL(student || teacher) over the vocabulary, at the student's sampled
     prefixes. With ``top_k`` the sum runs over the student's k most likely tokens, both distributions
     renormalised on that support (cheaper, lower variance than the sampled estimate)."""
-    s = F.log_softmax(student_logits.float(), dim=-1)
-    t = F.log_softmax(teacher_logits.float(), dim=-1).detach()
-    if top_k is not None:
-        idx = s.topk(top_k, dim=-1).indices
-        s = F.log_softmax(s.gather(-1, idx), dim=-1)
-        t = F.log_softmax(t.gather(-1, idx), dim=-1)
-    kl = (s.exp() * (s - t)).sum(-1)
-    return masked_mean(kl, mask, denom)
+    return masked_mean(reverse_kl_per_token(student_logits, teacher_logits, top_k), mask, denom)
 
 
 def generalized_jsd(
@@ -87,13 +123,70 @@ def generalized_jsd(
 ) -> torch.Tensor:
     """Generalised Jensen-Shannon divergence (GKD): ``beta`` -> 0 approaches forward KL(teacher||student)
     in gradient, ``beta`` -> 1 reverse KL(student||teacher); 0.5 is the symmetric JSD."""
-    if not 0.0 < beta < 1.0:
-        raise ValueError("beta must be in (0, 1); use full_reverse_kl for beta = 1")
-    s = F.log_softmax(student_logits.float(), dim=-1)
-    t = F.log_softmax(teacher_logits.float(), dim=-1).detach()
-    log_m = torch.logsumexp(
-        torch.stack([s + torch.log1p(torch.tensor(-beta)), t + torch.log(torch.tensor(beta))]), 0
+    return masked_mean(jsd_per_token(student_logits, teacher_logits, beta), mask, denom)
+
+
+# ---------------------------------------------------------------- chunked: hidden states + head
+# The same losses from final hidden states and output heads (``Backbone.token_logprobs`` with
+# ``logit_chunk``): the masked tokens are taken ``chunk`` at a time, each block's student and teacher
+# logits computed, reduced to one divergence per token and recomputed in backward, so no step holds
+# more than a block's ``(chunk, V)`` logits. They equal the unchunked losses up to float summation
+# order. Call them under the backbone's autocast to compute the head in the model's compute dtype.
+
+
+def chunked_divergence(
+    per_token: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    student: OutputStates,
+    teacher: OutputStates,
+    mask: torch.Tensor,
+    chunk: int,
+    denom: float | None = None,
+) -> torch.Tensor:
+    """``masked_mean(per_token(student logits, teacher logits), mask, denom)`` block by block."""
+    keep = mask.bool()
+    weights = mask[keep].float()
+
+    def block(s_h: torch.Tensor, t_h: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():  # the teacher is a target, even when it is the live policy
+            t_logits = teacher.logits(t_h)
+        return per_token(student.logits(s_h), t_logits)
+
+    per = map_token_chunks(block, [student.states[keep], teacher.states[keep].detach()], chunk)
+    total = (per * weights).sum() if per.numel() else student.states.sum().float() * 0.0
+    return total / denom if denom is not None else total / mask.float().sum().clamp_min(1.0)
+
+
+def chunked_reverse_kl(
+    student: OutputStates,
+    teacher: OutputStates,
+    mask: torch.Tensor,
+    top_k: int | None = None,
+    denom: float | None = None,
+    chunk: int = 256,
+) -> torch.Tensor:
+    """``full_reverse_kl`` from hidden states, ``chunk`` tokens at a time."""
+    return chunked_divergence(
+        lambda s, t: reverse_kl_per_token(s, t, top_k), student, teacher, mask, chunk, denom
     )
-    kl_t = (t.exp() * (t - log_m)).sum(-1)
-    kl_s = (s.exp() * (s - log_m)).sum(-1)
-    return masked_mean(beta * kl_t + (1 - beta) * kl_s, mask, denom)
+
+
+def chunked_jsd(
+    student: OutputStates,
+    teacher: OutputStates,
+    mask: torch.Tensor,
+    beta: float = 0.5,
+    denom: float | None = None,
+    chunk: int = 256,
+) -> torch.Tensor:
+    """``generalized_jsd`` from hidden states, ``chunk`` tokens at a time."""
+    if not 0.0 < beta < 1.0:  # before any block runs
+        raise ValueError("beta must be in (0, 1); use full_reverse_kl for beta = 1")
+    return chunked_divergence(lambda s, t: jsd_per_token(s, t, beta), student, teacher, mask, chunk, denom)
+
+
+def chunked_token_logprobs(
+    hidden: OutputStates, targets: torch.Tensor, mask: torch.Tensor, chunk: int = 256
+) -> torch.Tensor:
+    """Sampled-token log-probs ``(B, R)`` from hidden states, ``chunk`` tokens at a time (what
+    ``Backbone.token_logprobs`` computes with ``logit_chunk``; the sampled loss's input)."""
+    return chunked_logprobs(hidden, targets, mask, chunk)

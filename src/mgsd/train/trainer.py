@@ -226,14 +226,14 @@ class Trainer:
         return teacher
 
     def _teacher_logprobs(self, ctx: Context, responses: list[list[int]], full: bool) -> Any:
-        t = self.teacher
+        t, chunk = self.teacher, self.cfg.logit_chunk
         if t == "adapter-off":
             with self.bb.teacher():
-                return self.bb.token_logprobs(ctx, responses, full_vocab=full)
+                return self.bb.token_logprobs(ctx, responses, full_vocab=full, logit_chunk=chunk)
         if t == "live":
-            return self.bb.token_logprobs(ctx, responses, full_vocab=full)
+            return self.bb.token_logprobs(ctx, responses, full_vocab=full, logit_chunk=chunk)
         assert isinstance(t, Backbone)
-        return t.token_logprobs(ctx, responses, full_vocab=full)
+        return t.token_logprobs(ctx, responses, full_vocab=full, logit_chunk=chunk)
 
     def _ema_update(self) -> None:
         assert isinstance(self.teacher, Backbone)
@@ -312,7 +312,9 @@ class Trainer:
         loss_sum, dense_acc = 0.0, []
         for idx in self._chunks(len(exs), exs):
             ctx = self._encode_student([exs[i] for i in idx])
-            lp, mask = self.bb.token_logprobs(ctx, [targets[i] for i in idx], grad=True)
+            lp, mask = self.bb.token_logprobs(
+                ctx, [targets[i] for i in idx], grad=True, logit_chunk=self.cfg.logit_chunk
+            )
             loss = -obj.masked_mean(lp, mask, n_tokens)
             if self.dense is not None and exs[idx[0]].image is not None:
                 dense, acc = self._dense_loss([exs[i] for i in idx], ctx)
@@ -347,7 +349,7 @@ class Trainer:
         """On-policy self-distillation: the student samples from the image; the teacher scores those
         same tokens from the privileged symbolic text; the student follows the per-token advantage
         ``log p_teacher - log p_student`` (or the full / top-k reverse KL, or generalised JSD)."""
-        c = self.cfg.opsd
+        c, chunk = self.cfg.opsd, self.cfg.logit_chunk
         exs = [e for e in exs for _ in range(c.rollouts_per_prompt)]
         s_ctx = self._encode_student(exs)
         t0 = time.perf_counter()
@@ -377,14 +379,16 @@ class Trainer:
             key = tuple(idx)
             rs = [responses[i] for i in idx]
             if c.updates_per_rollout > 1:
-                old[key] = self.bb.token_logprobs(s_ctx.select(idx), rs).logprobs
+                old[key] = self.bb.token_logprobs(s_ctx.select(idx), rs, logit_chunk=chunk).logprobs
             teach[key] = self._teacher_logprobs(t_ctx.select(idx), rs, full)
         stats = {"reverse_kl": 0.0, "teacher_logp": 0.0, "student_logp": 0.0}
         for update in range(c.updates_per_rollout):
             for idx in self._chunks(len(exs)):
                 key = tuple(idx)
                 rs = [responses[i] for i in idx]
-                new = self.bb.token_logprobs(s_ctx.select(idx), rs, grad=True, full_vocab=full)
+                new = self.bb.token_logprobs(
+                    s_ctx.select(idx), rs, grad=True, full_vocab=full, logit_chunk=chunk
+                )
                 mask, t = new.mask, teach[key]
                 if c.loss == "sampled":
                     old_lp = old.get(key, new.logprobs.detach())
@@ -396,6 +400,9 @@ class Trainer:
                     loss = obj.policy_gradient_loss(
                         new.logprobs, old_lp, adv, mask, ratio_clip, denom=n_tokens
                     )
+                elif chunk:  # from hidden states, under autocast so the head runs as lm_head would
+                    with self.bb.autocast():
+                        loss = self._chunked_vocabulary_loss(new, t, mask, n_tokens)
                 elif c.loss in ("full", "topk"):
                     top_k = c.top_k if c.loss == "topk" else None
                     loss = obj.full_reverse_kl(new.full, t.full, mask, top_k=top_k, denom=n_tokens)
@@ -417,6 +424,16 @@ class Trainer:
         )
         out["loss"] = out["reverse_kl"]
         return out
+
+    def _chunked_vocabulary_loss(
+        self, new: Any, teacher: Any, mask: torch.Tensor, n_tokens: float
+    ) -> torch.Tensor:
+        """The full / top-k reverse KL or the JSD, ``logit_chunk`` tokens at a time."""
+        c, chunk = self.cfg.opsd, self.cfg.logit_chunk
+        if c.loss == "jsd":
+            return obj.chunked_jsd(new.hidden, teacher.hidden, mask, c.jsd_beta, n_tokens, chunk)
+        top_k = c.top_k if c.loss == "topk" else None
+        return obj.chunked_reverse_kl(new.hidden, teacher.hidden, mask, top_k, n_tokens, chunk)
 
     # ------------------------------------------------------------------ optimisation
     def _lr(self, step: int) -> float:
