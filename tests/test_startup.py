@@ -67,3 +67,19 @@ def test_version_fast_path_matches_the_parser() -> None:
         [sys.executable, "-m", "mgsd.cli", "--version"], capture_output=True, text=True, check=True
     )
     assert p.stdout.strip() == f"mgsd {__version__}"
+
+
+def test_cli_sets_a_passive_openmp_wait_policy_unless_one_is_set() -> None:
+    import os
+
+    # A command that fails fast (no such dataset): main() returns, then the policy is printed.
+    probe = (
+        "import os, sys; from mgsd.cli import main; main(sys.argv[1:]); print(os.environ['OMP_WAIT_POLICY'])"
+    )
+    args = ["eval", "plans", "--oracle", "--data", "no-such-dataset", "--out", "x"]
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    for given, want in ((None, "PASSIVE"), ("ACTIVE", "ACTIVE")):
+        if given:
+            env["OMP_WAIT_POLICY"] = given
+        p = subprocess.run([sys.executable, "-c", probe, *args], env=env, capture_output=True, text=True)
+        assert p.stdout.strip().splitlines()[-1] == want

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -196,6 +197,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mgsd {__version__}")
         return 0
     args = build_parser().parse_args(argv)
+    # Before torch is imported (sub-commands import it lazily): torch's OpenMP threads otherwise
+    # spin-wait, and beside one other busy process on 2 cores a training step ran 3.1x slower
+    # instead of 1.9x (benchmarks/bench_threads.py). Alone the two policies time the same.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
