@@ -21,7 +21,7 @@ from mgsd.eval.backends import GenerationConfig, Query, Reply
 from mgsd.eval.gap import evaluate_gap
 from mgsd.eval.model import evaluate_model
 from mgsd.eval.plans import eval_plans
-from mgsd.prompts import perception_target
+from mgsd.prompts import perception_prompt, perception_target
 from mgsd.report import build_report
 from mgsd.report.gallery import draw_path
 from mgsd.tasks import get_task
@@ -45,7 +45,7 @@ class Canned:
         task = get_task(s["task"])
         if not any(isinstance(p, Image.Image) for p in q.user):
             return f"<answer>{s['optimal_plan']}</answer>"
-        if "Answer these questions" in q.user[0]:
+        if q.user[0] == perception_prompt(task, task.load_state(s["state"])):
             return perception_target(task, task.load_state(s["state"])) if k % 2 == 0 else "1. 3x3"
         plan = s["optimal_plan"].split(",") if "," in s["optimal_plan"] else list(s["optimal_plan"])
         choices = [
@@ -110,6 +110,9 @@ def test_report_has_every_part(run_dir: Path) -> None:
     assert "failure: wall_blocked" in text or "failure: fell_into_hole" in text or "out_of_bounds" in text
     assert "I am not sure &lt;b&gt;&amp;&lt;/b&gt; guessing." in text  # responses are escaped
     assert '<section id="perception">' in text
+    # The canned backend answers every other perception query right: the fixture really scores it.
+    gap = json.loads((run_dir / "gap" / "gap.json").read_text())
+    assert gap["total"]["perceived"] == 0.5
     # Self-contained: nothing is fetched.
     assert not re.search(r'(src|href)="(https?:)?//', text) and "<script" not in text and "<link" not in text
 
@@ -197,3 +200,12 @@ def test_experiment_summary_states_the_headline_rows_and_budget() -> None:
     assert "Wall time and memory" in html and "112" in html and "1900" in html  # total seconds, peak
     summary["headline"]["mgsd_minus_coldstart_success"]["ci"] = [-0.02, 0.09]
     assert "does not exclude zero" in _summary(summary)
+
+
+def test_log_reader_keeps_a_record_holding_a_unicode_line_separator(tmp_path: Path) -> None:
+    from mgsd.report.discover import read_log
+
+    log = tmp_path / "log.jsonl"
+    recs = [{"step": 1, "note": "a\u2028b"}, {"step": 2, "loss": 0.5}]
+    log.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))
+    assert read_log(log) == (recs, 0)

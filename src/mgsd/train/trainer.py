@@ -640,7 +640,8 @@ class Trainer:
             return
         keep = [
             ln
-            for ln in self.log_path.read_text().splitlines()
+            # "\n" only: splitlines() also splits inside a string holding U+2028 (JSON leaves it raw)
+            for ln in self.log_path.read_text().split("\n")
             if ln.strip() and json.loads(ln).get("step", 0) <= self.step
         ]
         tmp = self.log_path.with_name(".log.jsonl.tmp")
