@@ -191,13 +191,17 @@ def _reward_file() -> str:
     return str(Path(easyr1_reward.__file__).resolve())
 
 
-def _to_parquet(cols: dict[str, list[Any]], features: Any, path: Path) -> None:
+def _to_parquet(cols: dict[str, list[Any]], features: Any, out: Path, name: str) -> Path:
+    """``out/name`` written atomically as a ``datasets`` parquet (``out`` is created)."""
     from datasets import Dataset
 
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / name
     tmp = path.with_name(f".{path.name}.tmp")
     with quiet_datasets():
         Dataset.from_dict(cols, features=features).to_parquet(str(tmp))
     os.replace(tmp, path)
+    return path
 
 
 def export_easyr1(data: DataPaths, out: str | Path, *, with_plan: bool = True) -> Path:
@@ -218,9 +222,7 @@ def export_easyr1(data: DataPaths, out: str | Path, *, with_plan: bool = True) -
         }
     )
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"easyr1_{split}.parquet"
-    _to_parquet(cols, features, path)
+    path = _to_parquet(cols, features, out, f"easyr1_{split}.parquet")
     lo, hi, size = _pixels(rows)
     _write_recipe(
         out,
@@ -296,9 +298,7 @@ def export_verl(data: DataPaths, out: str | Path, *, with_plan: bool = True) -> 
         }
     )
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"verl_{split}.parquet"
-    _to_parquet(cols, features, path)
+    path = _to_parquet(cols, features, out, f"verl_{split}.parquet")
     lo, hi, size = _pixels(rows)
     _write_recipe(
         out,

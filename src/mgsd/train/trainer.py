@@ -21,6 +21,7 @@ import random
 import time
 import zlib
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -226,14 +227,11 @@ class Trainer:
         return teacher
 
     def _teacher_logprobs(self, ctx: Context, responses: list[list[int]], full: bool) -> Any:
-        t, chunk = self.teacher, self.cfg.logit_chunk
-        if t == "adapter-off":
-            with self.bb.teacher():
-                return self.bb.token_logprobs(ctx, responses, full_vocab=full, logit_chunk=chunk)
-        if t == "live":
-            return self.bb.token_logprobs(ctx, responses, full_vocab=full, logit_chunk=chunk)
-        assert isinstance(t, Backbone)
-        return t.token_logprobs(ctx, responses, full_vocab=full, logit_chunk=chunk)
+        t = self.teacher
+        assert t in ("adapter-off", "live") or isinstance(t, Backbone)
+        scorer = t if isinstance(t, Backbone) else self.bb  # "live": the policy scores its own tokens
+        with self.bb.teacher() if t == "adapter-off" else nullcontext():
+            return scorer.token_logprobs(ctx, responses, full_vocab=full, logit_chunk=self.cfg.logit_chunk)
 
     def _ema_update(self) -> None:
         assert isinstance(self.teacher, Backbone)
