@@ -114,6 +114,43 @@ def scene_target(scene: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+QUESTION_KINDS = ("where", "what", "colour", "size")
+
+
+def scene_question(scene: dict[str, Any], key: int) -> tuple[str, str, str]:
+    """One short question about ``scene`` and its answer, ``(kind, prompt, target)``, chosen by ``key``.
+
+    Why: a whole description asks the LM to find every object and list it in one go; a tiny LM
+    trained only on that writes the same generic lines for every picture. A single question is one
+    retrieval (a named object -> its cell, a cell -> what is there), the primitive a description is
+    built from; a pretrained VLM has answered millions of them.
+    """
+    n, objects = scene["size"], scene["objects"]
+    kinds = [k for k in QUESTION_KINDS if k != "colour" or scene.get("fills")]
+    kind = kinds[key % len(kinds)] if objects else "size"
+    key //= len(kinds)
+    if kind == "where":
+        o = objects[key % len(objects)]
+        return kind, f"Where is the {o['colour']} {o['shape']}? Give its 0-based (row,col).", _cell(o["cell"])
+    if kind == "what":
+        # Half of the asks land on an object's cell, the rest on any cell (often empty).
+        if key % 2 == 0:
+            cell = objects[(key // 2) % len(objects)]["cell"]
+        else:
+            cell = [(key // 2) % n, (key // (2 * n)) % n]
+        at = {tuple(o["cell"]): o for o in objects}.get(tuple(cell))
+        answer = f"{at['colour']} {at['shape']}" if at else "nothing"
+        return kind, f"What is in cell {_cell(cell)}? Name the object or say nothing.", answer
+    if kind == "colour":
+        colour, cells = sorted(scene["fills"].items())[key % len(scene["fills"])]
+        return (
+            kind,
+            f"Which cells are filled {colour}? List their 0-based (row,col).",
+            ", ".join(_cell(c) for c in cells),
+        )
+    return "size", "How many cells does the grid have on each side?", f"{n}x{n}"
+
+
 def _shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[float, float, float, float], fill: Any) -> None:
     x0, y0, x1, y1 = box
     cx, cy, w = (x0 + x1) / 2, (y0 + y1) / 2, x1 - x0

@@ -168,6 +168,46 @@ def scene_perception(backbone: Any, n: int = 60, seed: int = 4242, batch_size: i
     return {k: {"accuracy": ok / total, "lines": total} for k, (ok, total) in sorted(counts.items())}
 
 
+def scene_questions(backbone: Any, n: int = 240, seed: int = 4343, batch_size: int = 16) -> dict[str, Any]:
+    """Single questions about ``n`` held-out synthetic scenes (where is X, what is in cell C, which
+    cells are Y, size), greedy, exact answer: accuracy per kind with n and a Wilson 95% interval, and
+    the chance level of ``where`` (one cell of the grid drawn uniformly)."""
+    import random
+
+    from mgsd.data.scenes import generate_scene, scene_image, scene_question
+
+    rng = random.Random(seed)
+    asks = []
+    for i in range(n):
+        scene = generate_scene(rng)
+        asks.append((scene, *scene_question(scene, i)))
+    hits: dict[str, list[int]] = {}
+    chance: list[float] = []
+    for i in range(0, n, batch_size):
+        chunk = asks[i : i + batch_size]
+        ctx = backbone.encode_student([a[2] for a in chunk], [scene_image(a[0]) for a in chunk])
+        for (scene, kind, _, target), text in zip(
+            chunk, backbone.generate(ctx, greedy=True, max_new_tokens=48).texts, strict=True
+        ):
+            hits.setdefault(kind, []).append(int(text.strip() == target))
+            if kind == "where":
+                chance.append(1 / scene["size"] ** 2)
+    out: dict[str, Any] = {
+        k: {"accuracy": sum(v) / len(v), "n": len(v), "ci": wilson(sum(v), len(v))}
+        for k, v in sorted(hits.items())
+    }
+    if chance:
+        out["where"]["chance"] = sum(chance) / len(chance)
+    return out
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> list[float]:
+    """Wilson score interval of ``k`` successes in ``n`` trials."""
+    p, d = k / n, 1 + z * z / n
+    mid, half = (p + z * z / (2 * n)) / d, z * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5 / d
+    return [max(0.0, mid - half), min(1.0, mid + half)]
+
+
 def evaluate_gates(
     base: str | Path,
     out: str | Path,
@@ -203,6 +243,7 @@ def evaluate_gates(
         for modality in ("text", "image")
     }
     scenes = scene_perception(backend.bb)
+    questions = scene_questions(backend.bb)
     copy = {t: v["success"] for t, v in teacher["teacher+plan"]["by_task"].items()}
     text, image = planned["text"]["macro"]["success"], planned["image"]["macro"]["success"]
     result = {
@@ -211,6 +252,7 @@ def evaluate_gates(
         "text": planned["text"],
         "image": planned["image"],
         "scene_perception": scenes,
+        "scene_questions": questions,
         "passed": {
             "copy_per_task": all(v >= GATES["copy_per_task"] for v in copy.values()),
             "text_macro": text >= GATES["text_macro"],

@@ -95,6 +95,9 @@ class TrainConfig:
     # that SFT on images does not erase planning. Without it the tiny base's text success fell from
     # 65% to 3% in 200 stage-1 steps. It never pairs an image with a plan.
     replay_symbolic: float = 0.0
+    # Pretraining only: this share of the scene rows (by a hash of the row id) is posed as one short
+    # question (where is X, what is in cell C, which cells are Y, size) instead of the whole description.
+    scene_questions: float = 0.0
     # > 0: log-probs and the vocabulary losses (full, topk, jsd) are computed from the final hidden
     # states this many response tokens at a time, each block's logits recomputed in backward, instead
     # of from (batch, tokens, vocab) logits: at 2048 tokens x 152k vocab each fp32 such tensor is
@@ -143,6 +146,9 @@ def validate(cfg: TrainConfig) -> None:
     _integer("keep_last", cfg.keep_last, 0)
     _number("dense_weight", cfg.dense_weight, 0)
     _number("replay_symbolic", cfg.replay_symbolic, 0, 1)
+    _number("scene_questions", cfg.scene_questions, 0, 1)
+    if cfg.scene_questions > 0 and cfg.objective != "pretrain":
+        raise ValueError(f"scene_questions is for the pretrain objective, not {cfg.objective!r}")
     _integer("logit_chunk", cfg.logit_chunk, 0)
     if cfg.replay_symbolic > 0 and cfg.objective not in ("perception", "plan"):
         raise ValueError(f"replay_symbolic is for the perception and plan objectives, not {cfg.objective!r}")

@@ -11,7 +11,7 @@ from typing import Any
 from PIL import Image
 
 from mgsd.data.io import decode_image
-from mgsd.data.scenes import SCENE_TASK, scene_prompt, scene_target
+from mgsd.data.scenes import SCENE_TASK, scene_prompt, scene_question, scene_target
 from mgsd.prompts import (
     perception_prompt,
     perception_target,
@@ -49,28 +49,35 @@ def build_examples(
     privileged: str = "state+plan",
     teacher_prompts: bool = True,
     replay_symbolic: float = 0.0,
+    scene_questions: float = 0.0,
 ) -> list[Example]:
     """Examples for ``objective``: ``perception`` (image -> facts block), ``plan`` (image ->
     reasoned plan), ``symbolic`` (text state -> reasoned plan), ``opsd`` (image prompt + privileged
     teacher text; the target is kept for logging only), ``pretrain`` (the tiny base's mixture: scene
     rows -> scene description, task rows -> ``symbolic``). ``teacher_prompts=False`` keeps every
     ``symbolic`` example in the plain text-student form (for validation). ``replay_symbolic``: the
-    share of ``perception`` / ``plan`` rows posed as text-student ``symbolic`` examples instead."""
+    share of ``perception`` / ``plan`` rows posed as text-student ``symbolic`` examples instead;
+    ``scene_questions``: the share of scene rows posed as one short question instead of the whole
+    description."""
     out = []
     for r in rows:
         if r["task"] == SCENE_TASK:
             if objective != "pretrain":
                 raise ValueError(f"scene rows ({r['id']}) only serve the pretrain objective")
             scene = json.loads(r["state"])
+            if scene_questions > 0 and _share(r["id"]) < scene_questions:
+                _, prompt, target = scene_question(scene, zlib.crc32(b"ask:" + r["id"].encode()))
+            else:
+                prompt, target = scene_prompt(scene), scene_target(scene)
             out.append(
                 Example(
                     id=r["id"],
                     task=SCENE_TASK,
                     level=int(r["level"]),
                     state=r["state"],
-                    prompt=scene_prompt(scene),
+                    prompt=prompt,
                     image=r["image"],
-                    target=scene_target(scene),
+                    target=target,
                 )
             )
             continue

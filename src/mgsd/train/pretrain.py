@@ -65,6 +65,7 @@ class PretrainConfig:
     vision_lr_scale: float = 1.0  # the vision tower's lr relative to ``lr``
     dense_weight: float = 0.0  # the dense per-token grounding loss on scenes (train/dense.py)
     scene_weight: int = 1  # scene images' share of the updates, against 1 for each task
+    scene_questions: float = 0.0  # share of scene rows posed as one short question (data/scenes.py)
     eval_every: int = 1000
     save_every: int = 200
     gate_per_task: int = 120
@@ -153,6 +154,7 @@ def train_settings(cfg: PretrainConfig, model: Path, out: Path, data: Path) -> d
             "vision_lr_scale": cfg.vision_lr_scale,
         },
         "dense_weight": cfg.dense_weight,
+        "scene_questions": cfg.scene_questions,
         "task_weights": {SCENE_TASK: cfg.scene_weight} if cfg.scene_weight != 1 else {},
         "lora": {"r": 0, "train_vision": True},  # the whole model: ViT, merger and LM
         "opsd": {"max_new_tokens": cfg.gate_max_new_tokens},
@@ -318,6 +320,22 @@ def write_model_card(base: Path, cfg: PretrainConfig, gates: dict[str, Any], roo
             "| line | accuracy | lines |",
             "|---|---|---|",
             *(f"| {k} | {100 * v['accuracy']:.1f} | {v['lines']} |" for k, v in scenes.items()),
+        ]
+    questions = gates.get("scene_questions") or {}
+    if questions:
+        lines += [
+            "",
+            "Single questions about held-out synthetic scenes (greedy, exact answer):",
+            "",
+            "| question | accuracy [95% CI] | n | chance |",
+            "|---|---|---|---|",
+            *(
+                f"| {k} | {100 * v['accuracy']:.1f} [{100 * v['ci'][0]:.1f}, {100 * v['ci'][1]:.1f}] "
+                f"| {v['n']} | "
+                + (f"{100 * v['chance']:.1f}" if "chance" in v else "")
+                + " |"
+                for k, v in questions.items()
+            ),
         ]
     if cfg.init:
         what = "with its vision tower and merger started afresh" if cfg.reset_vision else "as it was"

@@ -144,7 +144,11 @@ class Trainer:
 
         rows = read_rows(cfg.train_data, columns=_TRAIN_COLUMNS)
         self.train = build_examples(
-            rows, cfg.objective, privileged=cfg.opsd.privileged, replay_symbolic=cfg.replay_symbolic
+            rows,
+            cfg.objective,
+            privileged=cfg.opsd.privileged,
+            replay_symbolic=cfg.replay_symbolic,
+            scene_questions=cfg.scene_questions,
         )
         if not self.train:
             raise ValueError("the training data is empty")
