@@ -67,3 +67,13 @@ def test_replay_poses_a_share_of_perception_rows_as_text_planning_never_image_to
             assert e == p and "<answer>" not in e.target
     with pytest.raises(ValueError, match="replay_symbolic"):
         TrainConfig(objective="opsd", replay_symbolic=0.5)
+
+
+def test_scene_questions_are_refused_outside_pretraining() -> None:
+    from mgsd.train.config import TrainConfig
+
+    with pytest.raises(ValueError, match="scene_questions"):
+        TrainConfig(objective="perception", scene_questions=0.5)
+    with pytest.raises(ValueError, match="scene_questions"):
+        TrainConfig(objective="pretrain", scene_questions=1.5)
+    assert TrainConfig(objective="pretrain", scene_questions=0.5).scene_questions == 0.5

@@ -7,7 +7,15 @@ import random
 from collections import Counter
 
 from mgsd.data.generate import generate_rows, state_hash
-from mgsd.data.scenes import SCENE_TASK, generate_scene, scene_image, scene_rows, scene_target
+from mgsd.data.scenes import (
+    QUESTION_KINDS,
+    SCENE_TASK,
+    generate_scene,
+    scene_image,
+    scene_question,
+    scene_rows,
+    scene_target,
+)
 from mgsd.eval.perception import parse_section, split_keyed
 from mgsd.tasks import get_task
 from mgsd.train.examples import build_examples
@@ -53,6 +61,47 @@ def test_pretrain_mixture_pairs_scenes_with_images_and_tasks_with_text_only():
     # never a task render paired with its state or plan: task examples are text only
     assert len(tasks) == 4 and all(e.image is None for e in tasks)
     assert json.loads(scenes[0].state)["size"] >= 3
+
+
+def test_scene_questions_answer_from_the_spec_and_cover_every_kind():
+    seen = set()
+    for seed in range(60):
+        scene = generate_scene(random.Random(seed))
+        objects = {tuple(o["cell"]): f"{o['colour']} {o['shape']}" for o in scene["objects"]}
+        for key in range(8):
+            kind, prompt, target = scene_question(scene, key)
+            seen.add(kind)
+            if kind == "where":
+                name = prompt.removeprefix("Where is the ").split("?")[0]
+                assert objects[tuple(int(x) for x in target.strip("()").split(","))] == name
+            elif kind == "what":
+                cell = tuple(int(x) for x in prompt.split("(")[1].split(")")[0].split(","))
+                assert target == objects.get(cell, "nothing")
+            elif kind == "colour":
+                colour = prompt.removeprefix("Which cells are filled ").split("?")[0]
+                assert target == ", ".join(f"({r},{c})" for r, c in scene["fills"][colour])
+            else:
+                assert target == f"{scene['size']}x{scene['size']}"
+            assert scene_question(scene, key) == (kind, prompt, target)  # deterministic
+    assert seen == set(QUESTION_KINDS)
+
+
+def test_scene_questions_share_replaces_descriptions_only_for_scene_rows():
+    rows = generate_rows(get_task("maze"), [3], 4, split="pretrain", seed=0, render=False, progress=False)
+    rows += scene_rows(40, seed=0, progress=False)
+    plain = build_examples(rows, "pretrain")
+    asked = build_examples(rows, "pretrain", scene_questions=0.5)
+    described = [a for a in asked if a.task == SCENE_TASK and a.target.startswith("size: ")]
+    questions = [a for a in asked if a.task == SCENE_TASK and not a.target.startswith("size: ")]
+    assert 8 <= len(questions) <= 32 and len(described) + len(questions) == 40
+    assert all(q.image for q in questions)
+    assert [e.target for e in plain if e.task != SCENE_TASK] == [
+        e.target for e in asked if e.task != SCENE_TASK
+    ]
+    all_asked = build_examples(rows, "pretrain", scene_questions=1.0)
+    assert not any(
+        a.target.startswith("size: ") and a.task == SCENE_TASK and "\n" in a.target for a in all_asked
+    )
 
 
 def test_balanced_order_gives_every_task_an_equal_share_and_depends_on_the_objective():

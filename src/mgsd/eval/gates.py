@@ -219,6 +219,7 @@ def evaluate_gates(
     progress: bool = True,
 ) -> dict[str, Any]:
     """The base's gates on held-out states; writes OUT/gates.json and returns it."""
+    from mgsd.eval.attention import object_attention
     from mgsd.eval.local import LocalBackend
     from mgsd.eval.model import evaluate_model
 
@@ -244,6 +245,7 @@ def evaluate_gates(
     }
     scenes = scene_perception(backend.bb)
     questions = scene_questions(backend.bb)
+    attention = object_attention(backend.bb)
     copy = {t: v["success"] for t, v in teacher["teacher+plan"]["by_task"].items()}
     text, image = planned["text"]["macro"]["success"], planned["image"]["macro"]["success"]
     result = {
@@ -253,6 +255,7 @@ def evaluate_gates(
         "image": planned["image"],
         "scene_perception": scenes,
         "scene_questions": questions,
+        "object_attention": attention,
         "passed": {
             "copy_per_task": all(v >= GATES["copy_per_task"] for v in copy.values()),
             "text_macro": text >= GATES["text_macro"],

@@ -331,11 +331,34 @@ def write_model_card(base: Path, cfg: PretrainConfig, gates: dict[str, Any], roo
             "|---|---|---|---|",
             *(
                 f"| {k} | {100 * v['accuracy']:.1f} [{100 * v['ci'][0]:.1f}, {100 * v['ci'][1]:.1f}] "
-                f"| {v['n']} | "
-                + (f"{100 * v['chance']:.1f}" if "chance" in v else "")
-                + " |"
+                f"| {v['n']} | " + (f"{100 * v['chance']:.1f}" if "chance" in v else "") + " |"
                 for k, v in questions.items()
             ),
+        ]
+    attention = gates.get("object_attention")
+    if attention:
+        best = attention["best_head"]
+        lines += [
+            "",
+            f"Where the LM looks, asked where one object is ({attention['n']} held-out scenes): the",
+            "last prompt token's attention over the image, per layer (mean over heads), and the share",
+            "of it on the object's cell against uniform attention:",
+            "",
+            "| layer | image mass | entropy (1 = uniform) | on object | uniform |",
+            "|---|---|---|---|---|",
+            *(
+                "| {} | {:.2f} | {:.2f} | {:.3f} | {:.3f} |".format(
+                    i,
+                    *(
+                        sum(h[k] for h in heads) / len(heads)
+                        for k in ("image_mass", "entropy", "on_object", "uniform")
+                    ),
+                )
+                for i, heads in enumerate(attention["layers"])
+            ),
+            "",
+            f"Most object-focused head: layer {best['layer']} head {best['head']}, "
+            f"{best['on_object_over_uniform']:.2f}x uniform.",
         ]
     if cfg.init:
         what = "with its vision tower and merger started afresh" if cfg.reset_vision else "as it was"
