@@ -81,6 +81,25 @@ def test_dataset_is_a_hugging_face_parquet_dataset(tmp_path):
     assert json.loads(ds[0]["state"])["grid"]
 
 
+def test_dataset_card_declares_every_task_and_split_and_loads_by_config(tmp_path):
+    data = tmp_path / "data"
+    generate_dataset(get_task("frozenlake"), [3], 4, split="train", seed=1, out=data, progress=False)
+    generate_dataset(get_task("maze"), [3], 3, split="train", seed=1, out=data, progress=False)
+    generate_dataset(
+        get_task("maze"), [3], 2, split="test", seed=1, out=data, exclude_dirs=[data], progress=False
+    )
+    card = (data / "README.md").read_text()
+    assert card.startswith("---\nlicense: mit\n") and "- config_name: maze" in card
+    assert "| maze-test.parquet | maze | test | 3 | 2 | 1 | 2 |" in card  # generator settings and rows
+    assert not list(data.glob(".*.tmp"))
+    cache = str(tmp_path / "cache")
+    everything = load_dataset(str(data), "all", cache_dir=cache)
+    assert {k: len(v) for k, v in everything.items()} == {"train": 7, "test": 2}
+    maze = load_dataset(str(data), "maze", cache_dir=cache)
+    assert {k: len(v) for k, v in maze.items()} == {"train": 3, "test": 2}
+    assert set(maze["test"]["task"]) == {"maze"}
+
+
 def test_exhausted_level_fails_clearly():
     task = get_task("frozenlake")
     with pytest.raises(ValueError, match="unique"):

@@ -15,6 +15,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from mgsd.data.card import write_dataset_card
 from mgsd.data.io import png_bytes, read_rows, write_manifest, write_rows
 from mgsd.tasks import Task, get_task
 
@@ -224,4 +225,5 @@ def generate_dataset(
             "exclude": [str(d) for d in exclude_dirs],
         },
     )
+    write_dataset_card(out)
     return path
