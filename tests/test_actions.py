@@ -77,7 +77,7 @@ def test_round_trip_of_formatted_plans(plan, sep):
 # -- untrusted input: linear work, no silent look-alikes ---------------------------------------------
 
 from mgsd.actions import ScanWork  # noqa: E402
-from mgsd.eval.perception import split_sections  # noqa: E402
+from mgsd.scoring.perception import split_sections  # noqa: E402
 
 # Fragments whose repetition made the old parser quadratic (unclosed tags), or could make a
 # backtracking regex so (long joiner runs after "pick", digit runs, blank lines).

@@ -21,7 +21,7 @@ from mgsd.eval.backends import GenerationConfig, Query, Reply
 from mgsd.eval.gap import CATEGORIES, attribute, evaluate_gap, format_gap
 from mgsd.eval.local import LocalBackend
 from mgsd.eval.model import CACHE_NAME, evaluate_model, evaluate_perception, load_samples
-from mgsd.eval.plans import read_jsonl
+from mgsd.files import read_jsonl
 from mgsd.models import init_tiny
 from mgsd.prompts import perception_target, text_student_prompt
 from mgsd.tasks import get_task

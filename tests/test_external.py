@@ -17,8 +17,8 @@ from mgsd.data.importers import check_imported, import_visualplanning, import_vs
 from mgsd.data.io import DataError, read_rows, write_rows
 from mgsd.eval.backends import GenerationConfig, Reply
 from mgsd.eval.benchmark import prepare_set, run_benchmark
-from mgsd.eval.metrics import score_response
-from mgsd.eval.plans import read_jsonl
+from mgsd.files import read_jsonl
+from mgsd.scoring.plans import score_response
 from mgsd.tasks import get_task
 
 MOVE = {"U": (-1, 0), "D": (1, 0), "L": (0, -1), "R": (0, 1)}
@@ -588,7 +588,7 @@ def test_benchmark_views_and_stale_results(shared_data, tmp_path):
 
 
 def test_benchmark_cli_uses_the_papers_token_budgets(shared_data, tmp_path, monkeypatch, capsys):
-    import mgsd.eval.backends as backends
+    import mgsd.eval.factory as factory
 
     seen: list[GenerationConfig] = []
 
@@ -597,7 +597,7 @@ def test_benchmark_cli_uses_the_papers_token_budgets(shared_data, tmp_path, monk
             seen.append(cfg)
             return super().generate(queries, cfg)
 
-    monkeypatch.setattr(backends, "open_backend", lambda *a, **k: Recording({}))
+    monkeypatch.setattr(factory, "open_backend", lambda *a, **k: Recording({}))
     src = minibehaviour_two_levels(shared_data, tmp_path)
     common = [
         "eval",

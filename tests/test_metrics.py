@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from mgsd.eval.metrics import METRICS, aggregate, paired_bootstrap_diff, score_response
+from mgsd.scoring.aggregate import aggregate, paired_bootstrap_diff
+from mgsd.scoring.plans import METRICS, score_response
 from mgsd.tasks import get_task
 
 _COUNTER = iter(range(10**9))

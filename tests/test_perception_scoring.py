@@ -1,7 +1,7 @@
 import pytest
 
-from mgsd.eval.perception import parse_section, score_perception, split_keyed, split_sections
 from mgsd.prompts import perception_target
+from mgsd.scoring.perception import parse_section, score_perception, split_keyed, split_sections
 from mgsd.tasks import TASK_NAMES, PerceptionItem, get_task
 
 

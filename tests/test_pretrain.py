@@ -16,7 +16,7 @@ from mgsd.data.scenes import (
     scene_rows,
     scene_target,
 )
-from mgsd.eval.perception import parse_section, split_keyed
+from mgsd.scoring.perception import parse_section, split_keyed
 from mgsd.tasks import get_task
 from mgsd.train.examples import build_examples
 from mgsd.train.trainer import epoch_order

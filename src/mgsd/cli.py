@@ -17,21 +17,6 @@ from mgsd import __version__
 _PLUGINS = ("mgsd.eval.cli", "mgsd.models.cli", "mgsd.train.cli", "mgsd.report.cli")
 
 
-def print_metrics(m: dict) -> None:
-    """A compact results table: per (task, level), per task, then the level-balanced macro."""
-    keys = ("success", "optimal", "progress", "invalid", "parse_failure")
-    print(f"{'scope':<24}{'n':>6}" + "".join(f"{k[:10]:>11}" for k in keys))
-    rows = [
-        *m["by_task_level"].items(),
-        *m["by_task"].items(),
-        ("macro (level-balanced)", {**m["macro"], "n": m["n"]}),
-    ]
-    for name, v in rows:
-        print(f"{name:<24}{v['n']:>6}" + "".join(f"{100 * v[k]:>11.1f}" for k in keys))
-    lo, hi = m["macro"]["ci"]["success"]
-    print(f"macro success 95% CI: [{100 * lo:.1f}, {100 * hi:.1f}]")
-
-
 def _cmd_generate(args: argparse.Namespace) -> int:
     from mgsd.data.generate import MAX_PER_LEVEL, generate_dataset
     from mgsd.tasks import get_task, parse_levels

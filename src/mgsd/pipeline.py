@@ -37,7 +37,7 @@ from mgsd.config import ConfigError, apply_overrides, changed_keys, from_dict, t
 from mgsd.data.generate import generate_dataset, read_state_hashes, state_hash
 from mgsd.data.importers import check_imported
 from mgsd.data.io import read_rows, tree_fingerprint
-from mgsd.eval.plans import read_jsonl, write_json
+from mgsd.files import read_jsonl, write_json
 from mgsd.tasks import get_task, parse_levels
 from mgsd.train.pretrain import PretrainConfig
 
@@ -539,7 +539,7 @@ def _row(model: str, modality: str, m: dict[str, Any], dataset: str = "test") ->
 
 
 def summarize(cfg: PipelineConfig, run: Run, models: dict[str, Path], ext: dict[str, Path]) -> dict[str, Any]:
-    from mgsd.eval.metrics import paired_bootstrap_diff
+    from mgsd.scoring.aggregate import paired_bootstrap_diff
 
     rows, samples = [], {}
     for name in models:

@@ -8,10 +8,11 @@ several tasks and splits describes all of them. `datasets.load_dataset(folder, n
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from mgsd.files import write_text
 
 COLUMNS = {
     "id": "unique id: task/split/level/index",
@@ -84,8 +85,4 @@ def dataset_card(folder: str | Path) -> str:
 
 def write_dataset_card(folder: str | Path) -> Path:
     """Write (atomically) ``folder/README.md``; returns its path."""
-    folder = Path(folder)
-    path, tmp = folder / "README.md", folder / ".README.md.tmp"
-    tmp.write_text(dataset_card(folder))
-    os.replace(tmp, path)
-    return path
+    return write_text(Path(folder) / "README.md", dataset_card(folder))

@@ -22,7 +22,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from mgsd.eval.metrics import score_response
+from mgsd.scoring.plans import score_response
 from mgsd.tasks import get_task
 
 GROUND_TRUTH_KEYS = ("task", "state", "optimal_length")

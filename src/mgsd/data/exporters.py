@@ -20,6 +20,7 @@ from PIL import Image
 
 from mgsd.data.easyr1_reward import ground_truth
 from mgsd.data.io import DataError, quiet_datasets, read_rows
+from mgsd.files import atomic_write, write_text
 from mgsd.prompts import perception_prompt, perception_target, student_prompt, teacher_context, teacher_system
 from mgsd.tasks import get_task
 
@@ -38,12 +39,6 @@ def _rows(data: DataPaths) -> tuple[list[dict[str, Any]], str]:
         raise DataError("the dataset is empty: nothing to export")
     split = "-".join(sorted({_safe(str(r["split"])) for r in rows}))
     return rows, split
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _pixels(rows: Sequence[dict[str, Any]]) -> tuple[int, int, str]:
@@ -68,7 +63,7 @@ def _write_recipe(out: Path, section: str, text: str) -> Path:
             sections[title.strip()] = body.strip("\n")
     sections[section] = text.strip("\n")
     body = "".join(f"\n## {t}\n{b}\n" for t, b in sorted(sections.items()))
-    _write_atomic(path, head + body)
+    write_text(path, head + body)
     return path
 
 
@@ -113,7 +108,7 @@ def export_llamafactory(data: DataPaths, out: str | Path, *, name: str | None = 
             }
         )
     file_name = f"{name}.json"
-    _write_atomic(out / file_name, json.dumps(records, ensure_ascii=False, indent=1))
+    write_text(out / file_name, json.dumps(records, ensure_ascii=False, indent=1))
     info[name] = {
         "file_name": file_name,
         "formatting": "sharegpt",
@@ -125,7 +120,7 @@ def export_llamafactory(data: DataPaths, out: str | Path, *, name: str | None = 
             "assistant_tag": "assistant",
         },
     }
-    _write_atomic(info_path, json.dumps(info, indent=2) + "\n")
+    write_text(info_path, json.dumps(info, indent=2) + "\n")
     lo, hi, size = _pixels(rows)
     _write_recipe(
         out,
@@ -196,12 +191,10 @@ def _to_parquet(cols: dict[str, list[Any]], features: Any, out: Path, name: str)
     from datasets import Dataset
 
     out.mkdir(parents=True, exist_ok=True)
-    path = out / name
-    tmp = path.with_name(f".{path.name}.tmp")
     with quiet_datasets():
-        Dataset.from_dict(cols, features=features).to_parquet(str(tmp))
-    os.replace(tmp, path)
-    return path
+        return atomic_write(
+            out / name, lambda tmp: Dataset.from_dict(cols, features=features).to_parquet(str(tmp))
+        )
 
 
 def export_easyr1(data: DataPaths, out: str | Path, *, with_plan: bool = True) -> Path:

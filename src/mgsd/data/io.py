@@ -21,6 +21,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from mgsd.files import atomic_write, write_json
+
 COLUMNS: dict[str, str] = {
     "id": "string",
     "task": "string",
@@ -84,11 +86,11 @@ def write_rows(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path:
         for k in COLUMNS:
             v = r[k]
             cols[k].append({"bytes": v, "path": None} if k == "image" else v)
-    tmp = path.with_name(f".{path.name}.tmp")
     # Row groups of 100 rows, as ``datasets`` writes image columns: a reader can stream them.
-    pq.write_table(pa.Table.from_pydict(cols, schema=_schema()), tmp, row_group_size=100)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(
+        path,
+        lambda tmp: pq.write_table(pa.Table.from_pydict(cols, schema=_schema()), tmp, row_group_size=100),
+    )
 
 
 def parquet_files(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
@@ -177,6 +179,4 @@ def decode_image(data: bytes | Image.Image) -> Image.Image:
 
 def write_manifest(out: Path, name: str, info: dict[str, Any]) -> None:
     """A small JSON description next to the data (generator settings, counts)."""
-    tmp = out / f".{name}.tmp"
-    tmp.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, out / name)
+    write_json(info, out / name, sort_keys=True)

@@ -49,9 +49,9 @@ from mgsd.data.importers import (
 from mgsd.data.io import DataError, png_bytes, read_rows, write_rows
 from mgsd.eval.backends import Backend, GenerationConfig
 from mgsd.eval.gap import evaluate_gap, format_gap, gap_table
-from mgsd.eval.metrics import aggregate
 from mgsd.eval.model import evaluate_model, load_samples
-from mgsd.eval.plans import read_jsonl, write_json
+from mgsd.files import read_jsonl, write_json
+from mgsd.scoring.aggregate import aggregate
 from mgsd.tasks import get_task
 
 PAPER_MAX_TOKENS_LOCAL = 4096  # the checkpoint evaluation's max_tokens

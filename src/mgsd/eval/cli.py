@@ -133,7 +133,7 @@ def _model_options(p: argparse.ArgumentParser) -> None:
 
 
 def _backend(args: argparse.Namespace) -> Any:
-    from mgsd.eval.backends import open_backend
+    from mgsd.eval.factory import open_backend
 
     return open_backend(
         args.model,
@@ -186,8 +186,8 @@ def _print_perception(m: dict[str, Any]) -> None:
 
 
 def _cmd_model(args: argparse.Namespace) -> int:
-    from mgsd.cli import print_metrics
     from mgsd.eval.model import evaluate_model, evaluate_perception
+    from mgsd.scoring.aggregate import print_metrics
 
     common = _common(args)
     if args.perception:
@@ -255,8 +255,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_plans(args: argparse.Namespace) -> int:
-    from mgsd.cli import print_metrics
     from mgsd.eval.plans import eval_plans
+    from mgsd.scoring.aggregate import print_metrics
 
     if (args.predictions is None) == (not args.oracle):
         raise ValueError("give exactly one of --predictions FILE or --oracle")

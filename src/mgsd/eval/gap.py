@@ -36,7 +36,7 @@ from mgsd.eval.model import (
     load_samples,
     stratified_rate,
 )
-from mgsd.eval.plans import read_jsonl, write_json, write_jsonl
+from mgsd.files import read_jsonl, write_json, write_jsonl
 
 CATEGORIES: tuple[str, ...] = (
     "solved",

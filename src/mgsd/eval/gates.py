@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mgsd.eval.backends import GenerationConfig
-from mgsd.eval.plans import write_json
+from mgsd.files import write_json
 from mgsd.prompts import reference_response, teacher_context, teacher_system
 from mgsd.tasks import get_task
 

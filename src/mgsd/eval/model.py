@@ -41,9 +41,8 @@ from tqdm import tqdm
 from mgsd import __version__
 from mgsd.data.io import DataError, decode_image, read_rows
 from mgsd.eval.backends import Backend, GenerationConfig, Query, Reply
-from mgsd.eval.metrics import METRICS, score_plan, score_response
-from mgsd.eval.perception import score_perception
-from mgsd.eval.plans import data_paths, jsonl_lines, read_jsonl, write_json, write_jsonl, write_results
+from mgsd.eval.plans import data_paths, write_results
+from mgsd.files import jsonl_lines, read_jsonl, write_json, write_jsonl
 from mgsd.prompts import (
     perception_prompt,
     student_prompt,
@@ -51,6 +50,8 @@ from mgsd.prompts import (
     teacher_system,
     text_student_prompt,
 )
+from mgsd.scoring.perception import score_perception
+from mgsd.scoring.plans import METRICS, score_plan, score_response
 from mgsd.tasks import get_task
 
 # image: the visual student; text: the text-only student (the symbolic upper bound); teacher+plan /

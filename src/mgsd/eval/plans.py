@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from mgsd.data.io import DataError, read_rows
-from mgsd.eval.metrics import aggregate, score_response
+from mgsd.files import jsonl_lines, write_json, write_jsonl
+from mgsd.scoring.aggregate import aggregate
+from mgsd.scoring.plans import score_response
 from mgsd.tasks import get_task
 
 _SAMPLE_COLUMNS = ["id", "task", "level", "state", "optimal_plan", "optimal_length"]
@@ -65,32 +66,6 @@ def score_dataset(
         )
         scored.append({**row.to_dict(), "missing": response is None})
     return scored
-
-
-def write_jsonl(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-
-
-def jsonl_lines(text: str) -> list[str]:
-    """The lines of JSONL text. Only "\n" ends a record: ``str.splitlines`` would also split inside a
-    string holding U+2028 or U+0085, which JSON (and ``ensure_ascii=False``) leaves unescaped."""
-    return text.split("\n")
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The records of a JSONL file written by ``write_jsonl``; blank lines are skipped."""
-    return [json.loads(line) for line in jsonl_lines(path.read_text()) if line.strip()]
-
-
-def write_json(obj: Any, path: Path) -> None:
-    """``obj`` as indented JSON, written to a temporary file beside ``path`` and then renamed over it."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def write_results(

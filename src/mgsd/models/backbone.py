@@ -32,6 +32,7 @@ from PIL import Image
 from torch import nn
 from transformers import AutoModelForImageTextToText, GenerationConfig, LogitsProcessorList
 
+from mgsd.files import atomic_directory
 from mgsd.models import lora as lora_lib
 from mgsd.models.chat import Message, count_images, student_messages, teacher_messages
 from mgsd.models.context import Context, append_responses
@@ -40,7 +41,6 @@ from mgsd.models.logprobs import OutputStates, TokenLogProbs, chunked_logprobs, 
 from mgsd.models.positions import position_ids
 from mgsd.models.processor import VIDEO_CONFIG, load_processor, video_processor_config
 from mgsd.models.storage import (
-    atomic_directory,
     quiet_progress,
     resolve_dtype,
     resolve_model_path,

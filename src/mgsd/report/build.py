@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from mgsd import __version__
+from mgsd.files import write_text
 from mgsd.report import charts
 from mgsd.report.discover import Found, discover
 from mgsd.report.gallery import Case, DatasetCache, run_cases
@@ -467,8 +467,4 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, cases_pe
     )
     html_text = page(f"mgsd report: {found.root.resolve().name}", f"{counts} · mgsd {__version__}", sections)
     target = Path(out) if out is not None else found.root / "report.html"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(html_text, encoding="utf-8")
-    os.replace(tmp, target)
-    return target
+    return write_text(target, html_text, mkdir=True)

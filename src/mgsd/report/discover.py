@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mgsd.files import jsonl_lines
+
 
 @dataclass
 class Run:
@@ -64,7 +66,7 @@ def _load_json(path: Path, problems: list[str]) -> dict[str, Any] | None:
 def read_log(path: Path) -> tuple[list[dict[str, Any]], int]:
     """Records of a ``log.jsonl`` that carry a numeric ``step``; the count of other lines."""
     records, skipped = [], 0
-    for line in path.read_text().split("\n"):  # not splitlines(): U+2028 inside a string is no line end
+    for line in jsonl_lines(path.read_text()):
         if not line.strip():
             continue
         try:

@@ -20,7 +20,8 @@ from PIL import Image, ImageDraw
 
 from mgsd.actions import parse_plan
 from mgsd.data.io import decode_image, read_rows
-from mgsd.eval.plans import read_jsonl
+from mgsd.files import read_jsonl
+from mgsd.scoring.plans import is_invalid
 from mgsd.tasks import MOVES, Task, get_task
 
 SIZE = 256  # gallery image size in pixels
@@ -59,7 +60,7 @@ def draw_path(
     run = task.rollout(state, actions)
     cells = [task.position(sim) for sim in run.visited]
     points = [_centre(c, n, SIZE) for c in cells]
-    invalid = run.reason not in (None, "incomplete", "parse_failure")
+    invalid = is_invalid(run.reason)
     colour = GREEN if run.success else RED if invalid else AMBER
     # Drawn on a translucent layer so the picture stays readable under the path.
     layer = Image.new("RGBA", img.size, (0, 0, 0, 0))

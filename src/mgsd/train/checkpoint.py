@@ -4,7 +4,7 @@ A checkpoint ``step-000050/`` holds the trainable weights (``weights.safetensors
 (``optimizer.safetensors``), extra weights such as an EMA teacher (``extra.safetensors``), the torch
 RNG state and ``state.json`` (step, the data position, the best validation score, the config). It is
 written to a hidden temporary directory and renamed, so a run killed at any moment leaves either a
-complete checkpoint or none (``mgsd.models.storage.atomic_directory``).
+complete checkpoint or none (``mgsd.files.atomic_directory``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from mgsd.models.storage import atomic_directory
+from mgsd.files import atomic_directory
 
 _PREFIX = "step-"
 

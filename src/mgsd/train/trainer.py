@@ -16,7 +16,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
 import random
 import time
 import zlib
@@ -33,11 +32,13 @@ from tqdm import tqdm
 from mgsd.config import changed_keys, to_dict
 from mgsd.data.io import parquet_files, read_rows, tree_fingerprint
 from mgsd.data.scenes import SCENE_TASK
-from mgsd.eval.metrics import aggregate, score_response
-from mgsd.eval.perception import score_perception
+from mgsd.files import jsonl_lines, write_text
 from mgsd.models import lora as lora_lib
 from mgsd.models.backbone import Backbone
 from mgsd.models.context import Context
+from mgsd.scoring.aggregate import aggregate
+from mgsd.scoring.perception import score_perception
+from mgsd.scoring.plans import score_response
 from mgsd.tasks import get_task
 from mgsd.train import objectives as obj
 from mgsd.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -640,15 +641,9 @@ class Trainer:
         """On resume, drop log lines of steps after the checkpoint (they will be redone)."""
         if not self.log_path.exists():
             return
-        keep = [
-            ln
-            # "\n" only: splitlines() also splits inside a string holding U+2028 (JSON leaves it raw)
-            for ln in self.log_path.read_text().split("\n")
-            if ln.strip() and json.loads(ln).get("step", 0) <= self.step
-        ]
-        tmp = self.log_path.with_name(".log.jsonl.tmp")
-        tmp.write_text("".join(ln + "\n" for ln in keep))
-        os.replace(tmp, self.log_path)
+        lines = jsonl_lines(self.log_path.read_text())
+        keep = [ln for ln in lines if ln.strip() and json.loads(ln).get("step", 0) <= self.step]
+        write_text(self.log_path, "".join(ln + "\n" for ln in keep))
 
     def _tensorboard(self) -> Any:
         if not self.acc.is_main_process:

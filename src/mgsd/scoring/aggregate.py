@@ -1,119 +1,19 @@
-"""Per-sample planning scores and their aggregates with bootstrap confidence intervals.
+"""Aggregates of per-sample plan scores with bootstrap confidence intervals.
 
-Definitions (stated once, used everywhere):
-- success: the plan reaches the goal (MiniBehaviour: a legal DROP) under the task's simulator; actions
-  after the episode ends are ignored for success;
-- optimal: success AND the whole plan is exactly as long as the optimal plan (no trailing junk);
-- progress: longest prefix whose every action strictly lowers the optimal distance-to-go, divided by
-  the optimal length;
-- invalid: the episode ended on an illegal action (hole, wall, off-grid, table, ...);
-- parse_failure: no usable ``<answer>`` block (a missing prediction counts here too).
-Aggregates: micro (sample-weighted) over everything; per task and per (task, level); a task's
-level-balanced score is the mean over its levels; ``macro`` is the mean over tasks of level-balanced
-task scores. Confidence intervals are 95% percentile bootstrap, resampling within each (task, level)
-cell so the level and task mix stays fixed.
+Micro (sample-weighted) over everything; per task and per (task, level); a task's level-balanced score
+is the mean over its levels; ``macro`` is the mean over tasks of level-balanced task scores. Confidence
+intervals are 95% percentile bootstrap, resampling within each (task, level) cell so the level and
+task mix stays fixed. The per-sample definitions are in ``mgsd.scoring.plans``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
-from mgsd.actions import parse_plan
-from mgsd.tasks import Task
-
-METRICS: tuple[str, ...] = ("success", "optimal", "progress", "invalid", "parse_failure")
-_NOT_INVALID = (None, "incomplete", "parse_failure")
-
-
-@dataclass(frozen=True)
-class SampleScore:
-    id: str
-    task: str
-    level: int
-    plan: str | None  # the parsed plan in the task's answer format, None on parse failure
-    success: bool
-    optimal: bool
-    progress: float
-    invalid: bool
-    parse_failure: bool
-    reason: str | None  # None on success; the invalid reason, "incomplete" or the parse error
-    steps: int
-    plan_length: int
-    optimal_length: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def score_plan(
-    task: Task,
-    state: dict[str, Any],
-    actions: Sequence[str] | None,
-    *,
-    sample_id: str,
-    optimal_length: int,
-    parse_error: str | None = None,
-) -> SampleScore:
-    """Score one plan (``actions=None`` is a parse failure) against one state."""
-    level = task.level_of(state)
-    if actions is None:
-        return SampleScore(
-            sample_id,
-            task.name,
-            level,
-            None,
-            False,
-            False,
-            0.0,
-            False,
-            True,
-            f"parse_failure: {parse_error or 'no plan'}",
-            0,
-            0,
-            optimal_length,
-        )
-    run = task.rollout(state, actions)
-    return SampleScore(
-        id=sample_id,
-        task=task.name,
-        level=level,
-        plan=task.format_plan(actions),
-        success=run.success,
-        optimal=run.success and len(actions) == optimal_length,
-        progress=task.progress(state, actions, optimal_length),
-        invalid=run.reason not in _NOT_INVALID,
-        parse_failure=False,
-        reason=run.reason,
-        steps=run.steps,
-        plan_length=len(actions),
-        optimal_length=optimal_length,
-    )
-
-
-def score_response(
-    task: Task, state: dict[str, Any], response: str | None, *, sample_id: str, optimal_length: int
-) -> SampleScore:
-    """Parse a model response with the one plan parser and score it."""
-    if response is None:
-        return score_plan(
-            task, state, None, sample_id=sample_id, optimal_length=optimal_length, parse_error="no prediction"
-        )
-    parsed = parse_plan(response)
-    return score_plan(
-        task,
-        state,
-        parsed.actions,
-        sample_id=sample_id,
-        optimal_length=optimal_length,
-        parse_error=parsed.error,
-    )
-
-
-# -- aggregation ------------------------------------------------------------------------------------
+from mgsd.scoring.plans import METRICS
 
 
 def _cells(rows: Sequence[Mapping[str, Any]]) -> dict[tuple[str, int], np.ndarray]:
@@ -240,3 +140,18 @@ def paired_bootstrap_diff(
     macro = np.mean([np.mean([reps[k] for k in cells if k[0] == t], axis=0) for t in tasks], axis=0)
     lo, hi = np.percentile(macro[:, 0], [2.5, 97.5])
     return {"metric": metric, "diff": float(point), "ci": [float(lo), float(hi)], "n": len(a)}
+
+
+def print_metrics(m: dict) -> None:
+    """A compact results table: per (task, level), per task, then the level-balanced macro."""
+    keys = METRICS
+    print(f"{'scope':<24}{'n':>6}" + "".join(f"{k[:10]:>11}" for k in keys))
+    rows = [
+        *m["by_task_level"].items(),
+        *m["by_task"].items(),
+        ("macro (level-balanced)", {**m["macro"], "n": m["n"]}),
+    ]
+    for name, v in rows:
+        print(f"{name:<24}{v['n']:>6}" + "".join(f"{100 * v[k]:>11.1f}" for k in keys))
+    lo, hi = m["macro"]["ci"]["success"]
+    print(f"macro success 95% CI: [{100 * lo:.1f}, {100 * hi:.1f}]")
