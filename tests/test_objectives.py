@@ -6,7 +6,6 @@ from mgsd.train.objectives import (
     masked_mean,
     policy_gradient_loss,
     reverse_kl_advantages,
-    sft_loss,
 )
 
 
@@ -95,10 +94,3 @@ def test_ppo_ratio_clip_stops_gradient_outside_trust_region():
     loss = policy_gradient_loss(logp, old, torch.ones(1, 1), torch.ones(1, 1), ratio_clip=0.2)
     loss.backward()
     assert logp.grad.item() == 0.0
-
-
-def test_sft_loss_ignores_unlabelled_positions():
-    logits = torch.zeros(1, 3, 5)
-    logits[0, 1, 2] = 10.0
-    labels = torch.tensor([[-100, 2, -100]])
-    assert sft_loss(logits, labels).item() < 1e-3

@@ -22,14 +22,6 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, denom: float | None = None)
     return total / denom if denom is not None else total / mask.sum().clamp_min(1.0)
 
 
-def sft_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
-    """Next-token cross-entropy on the labelled (assistant) tokens. ``logits``: (B, T, V), ``labels``:
-    (B, T) already aligned with the logits (label t is the token predicted at position t)."""
-    return F.cross_entropy(
-        logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1), ignore_index=ignore_index
-    )
-
-
 def reverse_kl_advantages(
     teacher_logp: torch.Tensor, student_logp: torch.Tensor, mask: torch.Tensor, clip: float | None = None
 ) -> torch.Tensor:

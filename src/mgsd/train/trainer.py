@@ -36,6 +36,7 @@ from mgsd.files import jsonl_lines, write_text
 from mgsd.models import lora as lora_lib
 from mgsd.models.backbone import Backbone
 from mgsd.models.context import Context
+from mgsd.models.logprobs import logprob_gap
 from mgsd.scoring.aggregate import aggregate
 from mgsd.scoring.perception import score_perception
 from mgsd.scoring.plans import score_response
@@ -413,7 +414,7 @@ class Trainer:
                     loss = obj.generalized_jsd(new.full, t.full, mask, beta=c.jsd_beta, denom=n_tokens)
                 (loss / c.updates_per_rollout).backward()
                 if update == 0:
-                    gap = (new.logprobs.detach() - t.logprobs) * mask
+                    gap = logprob_gap(new, t).detach()  # also checks the pair: same ids, template, vocabulary
                     stats["reverse_kl"] += float(gap.sum())
                     stats["teacher_logp"] += float((t.logprobs * mask).sum())
                     stats["student_logp"] += float((new.logprobs.detach() * mask).sum())
