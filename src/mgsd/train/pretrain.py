@@ -29,6 +29,7 @@ from mgsd.config import to_dict
 from mgsd.data.generate import HASHES_FILE, generate_rows, read_state_hashes, state_hash
 from mgsd.data.io import read_rows, write_rows
 from mgsd.data.scenes import SCENE_TASK, scene_prompt, scene_rows, scene_target
+from mgsd.files import read_jsonl
 from mgsd.tasks import get_task, parse_levels
 
 
@@ -256,7 +257,7 @@ def write_model_card(base: Path, cfg: PretrainConfig, gates: dict[str, Any], roo
     """README.md beside the weights: what the base saw, how long it trained, its gates, how to rebuild."""
     from mgsd.eval.gates import GATES, format_gates
 
-    log = [json.loads(x) for x in (root / "train" / "log.jsonl").read_text().split("\n") if x.strip()]
+    log = read_jsonl(root / "train" / "log.jsonl")
     steps = [r for r in log if "step_time" in r]
     seconds = sum(r["step_time"] for r in steps)
     final_loss = steps[-1]["loss"] if steps else float("nan")
@@ -281,6 +282,14 @@ def write_model_card(base: Path, cfg: PretrainConfig, gates: dict[str, Any], roo
             "- every source (scenes and each task) gets an equal share of the updates."
             if cfg.scene_weight == 1
             else f"- scenes get {cfg.scene_weight} shares of the updates against 1 for each task."
+        ),
+        *(
+            [
+                f"- {100 * cfg.scene_questions:.0f}% of scene rows are one short question (where is X, what "
+                "is in cell C, which cells are Y, size) instead of the whole description."
+            ]
+            if cfg.scene_questions
+            else []
         ),
         f"- `{HASHES_FILE}`: the {n_hashes:,} state hashes (sha256 of the canonical state JSON, 16 hex",
         "  digits) of every task state seen; `mgsd run` excludes them from its splits and reports the",
