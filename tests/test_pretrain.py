@@ -215,3 +215,40 @@ def test_reset_vision_keeps_the_lm_and_starts_the_tower_afresh(tmp_path):
     for name, p in reset.items():
         ref = fresh[name] if ".visual." in f".{name}" else trained[name]
         assert torch.equal(p, ref), name
+
+
+def test_model_card_reports_gates_questions_and_attention(tmp_path):
+    from mgsd.data.generate import HASHES_FILE
+    from mgsd.train.base_card import write_model_card
+    from mgsd.train.pretrain import PretrainConfig
+
+    def block(s):
+        by_task = {
+            t: {"success": s, "ci": [s - 0.1, s + 0.1]} for t in ("frozenlake", "maze", "minibehaviour")
+        }
+        return {"macro": {"success": s, "ci": [s - 0.05, s + 0.05]}, "by_task": by_task}
+
+    head = {"image_mass": 0.5, "entropy": 0.9, "on_object": 0.05, "uniform": 0.05}
+    gates = {
+        "teacher": {"n": 360, "teacher+plan": block(0.8), "teacher": block(0.6), "reference_logprob": {}},
+        "text": block(0.6),
+        "image": block(0.03),
+        "passed": {"copy_per_task": False, "text_macro": True, "image_over_text": True},
+        "scene_perception": {"size": {"accuracy": 1.0, "lines": 60}},
+        "scene_questions": {"where": {"accuracy": 0.03, "n": 66, "ci": [0.008, 0.104], "chance": 0.054}},
+        "object_attention": {
+            "n": 32,
+            "layers": [[head, head]],
+            "best_head": {"layer": 0, "head": 1, "on_object_over_uniform": 2.3},
+        },
+    }
+    root, base = tmp_path / "run", tmp_path / "run" / "base"
+    (root / "train").mkdir(parents=True)
+    base.mkdir()
+    (root / "train" / "log.jsonl").write_text('{"step": 1, "loss": 0.7, "step_time": 60.0}\n')
+    (base / HASHES_FILE).write_text("ab\ncd\n")
+    write_model_card(base, PretrainConfig(scene_questions=0.5), gates, root)
+    card = (base / "README.md").read_text()
+    assert "| where | 3.0 [0.8, 10.4] | 66 | 5.4 |" in card
+    assert "| 0 | 0.50 | 0.90 | 0.050 | 0.050 |" in card and "layer 0 head 1, 2.30x uniform" in card
+    assert "50% of scene rows are one short question" in card and "copy" in card and "FAIL" in card
