@@ -285,7 +285,7 @@ def run_pipeline(
     run = Run(cfg, out)
     root = run.out
     write_json(settings, root / SETTINGS_FILE)
-    (root / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+    write_json(to_dict(cfg), root / "config.json")
     m = root / "models"
     data = root / "data"
     # External sets are imported and checked (ids unique, readable) before any training, not at the

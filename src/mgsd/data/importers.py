@@ -31,6 +31,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from mgsd.data.io import DataError, decode_image, png_bytes, read_rows, write_rows
+from mgsd.files import jsonl_lines, write_json
 from mgsd.tasks import get_task
 
 _LEVEL_DIR = re.compile(r"^level(\d+)$")
@@ -55,7 +56,6 @@ class ImportLog:
 
     def write(self, parquet: Path) -> Path:
         path = manifest_path(parquet)
-        tmp = path.with_name(f".{path.name}.tmp")
         info = {
             "source": self.source,
             "task": self.task,
@@ -65,9 +65,7 @@ class ImportLog:
             "image": self.image,
             "importer_version": IMPORTER_VERSION,
         }
-        tmp.write_text(json.dumps(info, indent=2) + "\n")
-        tmp.replace(path)
-        return path
+        return write_json(info, path)
 
 
 def manifest_path(parquet: str | Path) -> Path:
@@ -323,7 +321,7 @@ def import_visualplanning(
     log = ImportLog(str(path.resolve()), task.name)
     rows = []
     first_line: dict[str, int] = {}
-    lines = path.read_text().split("\n")
+    lines = jsonl_lines(path.read_text())
     for lineno, line in enumerate(
         tqdm(lines, desc=f"visualplanning {task.name}", disable=not progress, leave=False), start=1
     ):

@@ -42,7 +42,7 @@ from mgsd import __version__
 from mgsd.data.io import DataError, decode_image, read_rows
 from mgsd.eval.backends import Backend, GenerationConfig, Query, Reply
 from mgsd.eval.plans import data_paths, write_results
-from mgsd.files import jsonl_lines, read_jsonl, write_json, write_jsonl
+from mgsd.files import atomic_write, jsonl_lines, read_jsonl, write_json, write_jsonl
 from mgsd.prompts import (
     perception_prompt,
     student_prompt,
@@ -157,14 +157,16 @@ class ResponseCache:
 
     def rewrite(self, records: Iterable[Mapping[str, Any]]) -> None:
         """Replace the cache by ``records`` (dropping stale answers), atomically."""
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with tmp.open("w", encoding="utf-8") as f:
-            f.write(json.dumps({"settings": self.settings}) + "\n")
-            for r in records:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+
+        def write(tmp: Path) -> None:
+            with tmp.open("w", encoding="utf-8") as f:
+                f.write(json.dumps({"settings": self.settings}) + "\n")
+                for r in records:
+                    f.write(json.dumps(r, ensure_ascii=False) + "\n")
+                f.flush()
+                os.fsync(f.fileno())  # the rename must not publish a file whose bytes are still in cache
+
+        atomic_write(self.path, write)
 
     def append(self, records: Iterable[Mapping[str, Any]]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

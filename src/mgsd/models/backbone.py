@@ -32,7 +32,7 @@ from PIL import Image
 from torch import nn
 from transformers import AutoModelForImageTextToText, GenerationConfig, LogitsProcessorList
 
-from mgsd.files import atomic_directory
+from mgsd.files import atomic_directory, write_json
 from mgsd.models import lora as lora_lib
 from mgsd.models.chat import Message, count_images, student_messages, teacher_messages
 from mgsd.models.context import Context, append_responses
@@ -190,7 +190,7 @@ class Backbone:
             self.processor.save_pretrained(tmp)
             video = video_processor_config(self.source, self.model.config.model_type, self.processor)
             if video is not None and not (tmp / VIDEO_CONFIG).exists():
-                (tmp / VIDEO_CONFIG).write_text(json.dumps(video, indent=2, sort_keys=True) + "\n")
+                write_json(video, tmp / VIDEO_CONFIG, sort_keys=True)
         return Path(out_dir)
 
     # ------------------------------------------------------------------ properties
@@ -703,4 +703,4 @@ def _set_adapter_base(adapter_dir: Path, base: Path) -> None:
     cfg_path = adapter_dir / "adapter_config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg["base_model_name_or_path"] = str(base)
-    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    write_json(cfg, cfg_path, sort_keys=True)

@@ -1,4 +1,4 @@
-"""Model locations, dtypes and atomic directory writes."""
+"""Model locations and dtypes (atomic directory writes live in mgsd.files)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 from transformers.utils import logging as hf_logging
+
+from mgsd.files import write_json
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -52,7 +54,7 @@ def set_config_dtype(path: Path, dtype: str) -> None:
     for section in (config, *(v for v in config.values() if isinstance(v, dict))):
         if "dtype" in section:
             section["dtype"] = dtype
-    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    write_json(config, path, sort_keys=True)
 
 
 @contextmanager

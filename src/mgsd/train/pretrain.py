@@ -29,6 +29,7 @@ from mgsd.config import to_dict
 from mgsd.data.generate import HASHES_FILE, generate_rows, read_state_hashes, state_hash
 from mgsd.data.io import read_rows, write_rows
 from mgsd.data.scenes import SCENE_TASK, scene_prompt, scene_rows, scene_target
+from mgsd.files import write_json
 from mgsd.tasks import get_task, parse_levels
 
 
@@ -171,7 +172,7 @@ def pretrain(cfg: PretrainConfig, out: str | Path, *, gates: bool = True) -> Pat
 
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
-    (root / "pretrain_config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+    write_json(to_dict(cfg), root / "pretrain_config.json")
     data = root / "data"
     if not (data / "COMPLETE").exists():
         print("== pretraining data", flush=True)

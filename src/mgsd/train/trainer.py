@@ -32,7 +32,7 @@ from tqdm import tqdm
 from mgsd.config import changed_keys, to_dict
 from mgsd.data.io import parquet_files, read_rows, tree_fingerprint
 from mgsd.data.scenes import SCENE_TASK
-from mgsd.files import jsonl_lines, write_text
+from mgsd.files import jsonl_lines, write_json, write_text
 from mgsd.models import lora as lora_lib
 from mgsd.models.backbone import Backbone
 from mgsd.models.context import Context
@@ -197,7 +197,7 @@ class Trainer:
         if self.acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
             self._truncate_log()
-            (self.out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+            write_json(to_dict(cfg), self.out / "config.json")
         self.writer = self._tensorboard()
 
     # ------------------------------------------------------------------ teacher (OPSD)
@@ -535,7 +535,7 @@ class Trainer:
         if self.acc.is_main_process:
             self.bb.save(self.out / "model", merge_lora=cfg.save_merged)
             summary = {"steps": self.step, "final": last, "validation": final, "best": self.best}
-            (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            write_json(summary, self.out / "summary.json")
         self.close()
         return last | final
 
