@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mgsd.data.generate import HASHES_FILE, read_state_hashes
 from mgsd.files import read_jsonl
-from mgsd.train.pretrain import PretrainConfig
+
+if TYPE_CHECKING:  # an annotation only: pretrain imports this module, so no run-time import back
+    from mgsd.train.pretrain import PretrainConfig
 
 
 def write_model_card(base: Path, cfg: PretrainConfig, gates: dict[str, Any], root: Path) -> None:
