@@ -190,10 +190,11 @@ def _to_parquet(cols: dict[str, list[Any]], features: Any, out: Path, name: str)
     """``out/name`` written atomically as a ``datasets`` parquet (``out`` is created)."""
     from datasets import Dataset
 
-    out.mkdir(parents=True, exist_ok=True)
     with quiet_datasets():
         return atomic_write(
-            out / name, lambda tmp: Dataset.from_dict(cols, features=features).to_parquet(str(tmp))
+            out / name,
+            lambda tmp: Dataset.from_dict(cols, features=features).to_parquet(str(tmp)),
+            mkdir=True,
         )
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from mgsd.data.scenes import generate_scene, scene_image, scene_question
+from mgsd.scoring.perception import parse_section
 
 
 def _where_asks(n: int, seed: int) -> list[tuple[dict[str, Any], str, tuple[int, int]]]:
@@ -26,8 +27,7 @@ def _where_asks(n: int, seed: int) -> list[tuple[dict[str, Any], str, tuple[int,
         for key in range(16):
             kind, prompt, target = scene_question(scene, key)
             if kind == "where":
-                r, c = (int(x) for x in target.strip("()").split(","))
-                asks.append((scene, prompt, (r, c)))
+                asks.append((scene, prompt, parse_section("position", target)))
                 break
     return asks
 
@@ -53,7 +53,7 @@ def object_attention(backbone: Any, n: int = 32, seed: int = 4444) -> dict[str, 
     previous = getattr(model.config, "_attn_implementation", None)
     model.set_attn_implementation("eager")
     try:
-        with backbone._eval_mode(), backbone.autocast():
+        with backbone.eval_mode(), backbone.autocast():
             out = model(
                 input_ids=ctx.input_ids,
                 attention_mask=ctx.attention_mask,

@@ -175,6 +175,7 @@ def scene_questions(backbone: Any, n: int = 240, seed: int = 4343, batch_size: i
     import random
 
     from mgsd.data.scenes import generate_scene, scene_image, scene_question
+    from mgsd.scoring.aggregate import wilson
 
     rng = random.Random(seed)
     asks = []
@@ -199,13 +200,6 @@ def scene_questions(backbone: Any, n: int = 240, seed: int = 4343, batch_size: i
     if chance:
         out["where"]["chance"] = sum(chance) / len(chance)
     return out
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> list[float]:
-    """Wilson score interval of ``k`` successes in ``n`` trials."""
-    p, d = k / n, 1 + z * z / n
-    mid, half = (p + z * z / (2 * n)) / d, z * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5 / d
-    return [max(0.0, mid - half), min(1.0, mid + half)]
 
 
 def evaluate_gates(

@@ -426,7 +426,7 @@ class Backbone:
             use_cache=True,
             **sampling,
         )
-        with self._own_generation_config(), self._eval_mode(), torch.no_grad(), self.autocast():
+        with self._own_generation_config(), self.eval_mode(), torch.no_grad(), self.autocast():
             out = self.model.generate(
                 input_ids=ctx.input_ids,
                 attention_mask=ctx.attention_mask,
@@ -452,7 +452,8 @@ class Backbone:
         )
 
     @contextmanager
-    def _eval_mode(self) -> Iterator[None]:
+    def eval_mode(self) -> Iterator[None]:
+        """Dropout off for the block (generation, scoring and probes); the training mode is restored."""
         was_training = self.model.training
         self.model.eval()
         try:
@@ -531,7 +532,7 @@ class Backbone:
         targets = input_ids[:, L:]
         resp_mask = mask[:, L:].to(torch.float32)
         # Without grad (teacher, old log-probs) the model runs in eval mode, like the sampler.
-        mode = nullcontext() if grad else self._eval_mode()
+        mode = nullcontext() if grad else self.eval_mode()
         full = hidden = None
         if logit_chunk:
             inner, head = self.output_head()

@@ -70,6 +70,13 @@ def _interval(reps: np.ndarray) -> dict[str, list[float]]:
     return {m: [float(a), float(b)] for m, a, b in zip(METRICS, lo, hi, strict=True)}
 
 
+def wilson(k: int, n: int, z: float = 1.96) -> list[float]:
+    """Wilson score interval of ``k`` successes in ``n`` trials."""
+    p, d = k / n, 1 + z * z / n
+    mid, half = (p + z * z / (2 * n)) / d, z * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5 / d
+    return [max(0.0, mid - half), min(1.0, mid + half)]
+
+
 def aggregate(rows: Iterable[Mapping[str, Any]], *, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
     """The metrics.json structure for a list of per-sample score dicts."""
     rows = list(rows)

@@ -12,6 +12,12 @@ if TYPE_CHECKING:  # an annotation only: pretrain imports this module, so no run
     from mgsd.train.pretrain import PretrainConfig
 
 
+def _table(intro: list[str], header: list[str], rows: list[list[Any]]) -> list[str]:
+    """A markdown table after a blank line and its introduction."""
+    out = ["", *intro, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return out + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+
+
 def write_model_card(base: Path, cfg: PretrainConfig, gates: dict[str, Any], root: Path) -> None:
     """README.md beside the weights: what the base saw, how long it trained, its gates, how to rebuild."""
     from mgsd.eval.gates import GATES, format_gates
@@ -80,50 +86,52 @@ def write_model_card(base: Path, cfg: PretrainConfig, gates: dict[str, Any], roo
         lines.append(f"| {task} | {v['with_plan']:.3f} | {v['without_plan']:.3f} | {v['plan_gain']:+.3f} |")
     scenes = gates.get("scene_perception") or {}
     if scenes:
-        lines += [
-            "",
-            "Scene perception (held-out synthetic scenes, greedy): share of reference lines reproduced",
-            "exactly, by kind of line:",
-            "",
-            "| line | accuracy | lines |",
-            "|---|---|---|",
-            *(f"| {k} | {100 * v['accuracy']:.1f} | {v['lines']} |" for k, v in scenes.items()),
-        ]
+        lines += _table(
+            [
+                "Scene perception (held-out synthetic scenes, greedy): share of reference lines reproduced",
+                "exactly, by kind of line:",
+            ],
+            ["line", "accuracy", "lines"],
+            [[k, f"{100 * v['accuracy']:.1f}", v["lines"]] for k, v in scenes.items()],
+        )
     questions = gates.get("scene_questions") or {}
     if questions:
-        lines += [
-            "",
-            "Single questions about held-out synthetic scenes (greedy, exact answer):",
-            "",
-            "| question | accuracy [95% CI] | n | chance |",
-            "|---|---|---|---|",
-            *(
-                f"| {k} | {100 * v['accuracy']:.1f} [{100 * v['ci'][0]:.1f}, {100 * v['ci'][1]:.1f}] "
-                f"| {v['n']} | " + (f"{100 * v['chance']:.1f}" if "chance" in v else "") + " |"
+        lines += _table(
+            ["Single questions about held-out synthetic scenes (greedy, exact answer):"],
+            ["question", "accuracy [95% CI]", "n", "chance"],
+            [
+                [
+                    k,
+                    f"{100 * v['accuracy']:.1f} [{100 * v['ci'][0]:.1f}, {100 * v['ci'][1]:.1f}]",
+                    v["n"],
+                    f"{100 * v['chance']:.1f}" if "chance" in v else "",
+                ]
                 for k, v in questions.items()
-            ),
-        ]
+            ],
+        )
     attention = gates.get("object_attention")
     if attention:
         best = attention["best_head"]
-        lines += [
-            "",
-            f"Where the LM looks, asked where one object is ({attention['n']} held-out scenes): the",
-            "last prompt token's attention over the image, per layer (mean over heads), and the share",
-            "of it on the object's cell against uniform attention:",
-            "",
-            "| layer | image mass | entropy (1 = uniform) | on object | uniform |",
-            "|---|---|---|---|---|",
-            *(
-                "| {} | {:.2f} | {:.2f} | {:.3f} | {:.3f} |".format(
+        keys, digits = ("image_mass", "entropy", "on_object", "uniform"), (2, 2, 3, 3)
+        lines += _table(
+            [
+                f"Where the LM looks, asked where one object is ({attention['n']} held-out scenes): the",
+                "last prompt token's attention over the image, per layer (mean over heads), and the share",
+                "of it on the object's cell against uniform attention:",
+            ],
+            ["layer", "image mass", "entropy (1 = uniform)", "on object", "uniform"],
+            [
+                [
                     i,
                     *(
-                        sum(h[k] for h in heads) / len(heads)
-                        for k in ("image_mass", "entropy", "on_object", "uniform")
+                        f"{sum(h[k] for h in heads) / len(heads):.{d}f}"
+                        for k, d in zip(keys, digits, strict=True)
                     ),
-                )
+                ]
                 for i, heads in enumerate(attention["layers"])
-            ),
+            ],
+        )
+        lines += [
             "",
             f"Most object-focused head: layer {best['layer']} head {best['head']}, "
             f"{best['on_object_over_uniform']:.2f}x uniform.",
