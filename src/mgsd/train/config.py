@@ -98,6 +98,11 @@ class TrainConfig:
     # Pretraining only: this share of the scene rows (by a hash of the row id) is posed as one short
     # question (where is X, what is in cell C, which cells are Y, size) instead of the whole description.
     scene_questions: float = 0.0
+    # SFT on images: weight of the attention grounding loss (train/grounding.py). Each target token
+    # that names a cell asks head 0 of each ``grounding_layers`` layer, at the position predicting it,
+    # to attend to that cell's image tokens. The model then runs eager attention (to see the weights).
+    grounding_weight: float = 0.0
+    grounding_layers: list[int] = field(default_factory=lambda: [1, 2, 3])
     # > 0: log-probs and the vocabulary losses (full, topk, jsd) are computed from the final hidden
     # states this many response tokens at a time, each block's logits recomputed in backward, instead
     # of from (batch, tokens, vocab) logits: at 2048 tokens x 152k vocab each fp32 such tensor is
@@ -150,6 +155,14 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.scene_questions > 0 and cfg.objective != "pretrain":
         raise ValueError(f"scene_questions is for the pretrain objective, not {cfg.objective!r}")
     _integer("logit_chunk", cfg.logit_chunk, 0)
+    _number("grounding_weight", cfg.grounding_weight, 0)
+    if cfg.grounding_weight > 0 and cfg.objective not in ("pretrain", "perception", "plan"):
+        raise ValueError(f"grounding_weight is for the SFT objectives, not {cfg.objective!r}")
+    _check(
+        isinstance(cfg.grounding_layers, list) and bool(cfg.grounding_layers)
+        and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in cfg.grounding_layers),
+        "grounding_layers", cfg.grounding_layers, "a non-empty list of layer indices",
+    )
     if cfg.replay_symbolic > 0 and cfg.objective not in ("perception", "plan"):
         raise ValueError(f"replay_symbolic is for the perception and plan objectives, not {cfg.objective!r}")
     _check(

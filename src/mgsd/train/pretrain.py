@@ -67,6 +67,7 @@ class PretrainConfig:
     dense_weight: float = 0.0  # the dense per-token grounding loss on scenes (train/dense.py)
     scene_weight: int = 1  # scene images' share of the updates, against 1 for each task
     scene_questions: float = 0.0  # share of scene rows posed as one short question (data/scenes.py)
+    grounding_weight: float = 0.0  # the attention grounding loss on image rows (train/grounding.py)
     eval_every: int = 1000
     save_every: int = 200
     gate_per_task: int = 120
@@ -156,6 +157,7 @@ def train_settings(cfg: PretrainConfig, model: Path, out: Path, data: Path) -> d
         },
         "dense_weight": cfg.dense_weight,
         "scene_questions": cfg.scene_questions,
+        "grounding_weight": cfg.grounding_weight,
         "task_weights": {SCENE_TASK: cfg.scene_weight} if cfg.scene_weight != 1 else {},
         "lora": {"r": 0, "train_vision": True},  # the whole model: ViT, merger and LM
         "opsd": {"max_new_tokens": cfg.gate_max_new_tokens},

@@ -45,6 +45,7 @@ from mgsd.train import objectives as obj
 from mgsd.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from mgsd.train.config import TrainConfig
 from mgsd.train.dense import DenseHead, VisualTap, scene_token_labels, visual_module
+from mgsd.train.grounding import AttentionTap, grid_size, grounding_loss, token_cells
 from mgsd.train.examples import Example, build_examples
 
 _TRAIN_COLUMNS = ["id", "task", "level", "state", "image", "optimal_plan", "optimal_length"]
@@ -143,6 +144,10 @@ class Trainer:
             self.dense = (head, VisualTap(visual_module(self.bb.model)))
             # In self.params so that checkpoints and resume carry it; never part of the saved model.
             self.params |= {f"dense_head.{n}": p for n, p in head.named_parameters()}
+        self.grounding: AttentionTap | None = None
+        if cfg.grounding_weight > 0:
+            self.bb.model.set_attn_implementation("eager")  # the only one that returns the weights
+            self.grounding = AttentionTap(self.bb.model, cfg.grounding_layers)
 
         rows = read_rows(cfg.train_data, columns=_TRAIN_COLUMNS)
         self.train = build_examples(
@@ -313,20 +318,28 @@ class Trainer:
         targets = self.bb.encode_responses([e.target or "" for e in exs])
         n_tokens = self._sum_all(float(sum(len(t) for t in targets)))
         n_images = self._sum_all(float(sum(e.image is not None for e in exs)))
-        loss_sum, dense_acc = 0.0, []
+        loss_sum, dense_acc, grounded = 0.0, [], []
         for idx in self._chunks(len(exs), exs):
             ctx = self._encode_student([exs[i] for i in idx])
             lp, mask = self.bb.token_logprobs(
                 ctx, [targets[i] for i in idx], grad=True, logit_chunk=self.cfg.logit_chunk
             )
             loss = -obj.masked_mean(lp, mask, n_tokens)
+            weights = self.grounding.take() if self.grounding is not None else None
             if self.dense is not None and exs[idx[0]].image is not None:
                 dense, acc = self._dense_loss([exs[i] for i in idx], ctx)
                 loss = loss + self.cfg.dense_weight * dense * len(idx) / n_images
                 dense_acc.append(acc)
+            if weights is not None and exs[idx[0]].image is not None:
+                ground = self._grounding_loss([exs[i] for i in idx], [targets[i] for i in idx], ctx, weights)
+                if ground is not None:
+                    loss = loss + self.cfg.grounding_weight * ground * len(idx) / n_images
+                    grounded.append(float(ground.detach()))
             loss.backward()
             loss_sum += float(loss.detach()) * n_tokens
         logs = {"loss": self._sum_all(loss_sum) / n_tokens, "target_tokens": n_tokens}
+        if grounded:
+            logs["grounding_loss"] = sum(grounded) / len(grounded)
         for name in {k for a in dense_acc for k in a}:
             vals = [a[name] for a in dense_acc if name in a]
             logs[f"dense_{name}_acc"] = sum(vals) / len(vals)
@@ -348,6 +361,25 @@ class Trainer:
         if tokens.shape[0] != target.shape[0]:
             raise RuntimeError(f"{tokens.shape[0]} visual tokens but {target.shape[0]} dense labels")
         return head.loss(tokens, target)
+
+    def _grounding_loss(
+        self, exs: Sequence[Example], targets: Sequence[list[int]], ctx: Context, weights: list[torch.Tensor]
+    ) -> torch.Tensor | None:
+        """The attention grounding loss of one image micro-batch (train/grounding.py)."""
+        merge = int(getattr(self.bb.model.config.vision_config, "spatial_merge_size", 2))
+        cells, grids = [], []
+        for e, ids, (_, h, w) in zip(exs, targets, ctx.extras["image_grid_thw"].tolist(), strict=True):
+            size = grid_size(e.target or "")
+            if size is None and e.task == SCENE_TASK:  # a scene question's answer has no size line
+                n = int(json.loads(e.state)["size"])
+                size = (n, n)
+            named = token_cells([self.bb.decode([t], skip_special_tokens=False) for t in ids])
+            cells.append(named if size else [])
+            grids.append((h // merge, w // merge, *(size or (0, 0))))
+        loss, _ = grounding_loss(
+            weights, ctx.input_ids, self.bb.image_token_id, ctx.input_ids.shape[1], cells, grids
+        )
+        return loss
 
     def _opsd_step(self, exs: list[Example]) -> dict[str, float]:
         """On-policy self-distillation: the student samples from the image; the teacher scores those
@@ -673,6 +705,8 @@ class Trainer:
         self.acc.wait_for_everyone()
 
     def close(self) -> None:
+        if self.grounding is not None:
+            self.grounding.close()
         if self.writer is not None:
             self.writer.close()
         self.acc.wait_for_everyone()
