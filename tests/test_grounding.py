@@ -10,8 +10,32 @@ from mgsd.train.grounding import AttentionTap, cell_mask, grid_size, grounding_l
 
 
 def test_coordinates_and_glyph_rows_name_their_cells():
-    pieces = ["size", ":", " 2x3", "\n", "player", ":", " (1,2)", "\n", "open", "_", "dirs", ":", "\n",
-              "┌", "┐", "╷", "\n", "└", "┘", "│", "\n", "goal", ":", " (0,0)"]
+    pieces = [
+        "size",
+        ":",
+        " 2x3",
+        "\n",
+        "player",
+        ":",
+        " (1,2)",
+        "\n",
+        "open",
+        "_",
+        "dirs",
+        ":",
+        "\n",
+        "┌",
+        "┐",
+        "╷",
+        "\n",
+        "└",
+        "┘",
+        "│",
+        "\n",
+        "goal",
+        ":",
+        " (0,0)",
+    ]
     cells = token_cells(pieces)
     assert cells[6] == (1, 2) and cells[23] == (0, 0)
     assert [cells[i] for i in (13, 14, 15, 17, 18, 19)] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
@@ -55,11 +79,22 @@ def test_perception_training_with_grounding_logs_the_loss(tmp_path):
     from mgsd.train.trainer import train
 
     model = init_tiny(tmp_path / "tiny", preset="tiny", seed=0)
-    generate_dataset(get_task("maze"), [3], 8, split="train", seed=0, out=tmp_path / "train",
-                     progress=False, workers=1)
-    cfg = TrainConfig(objective="perception", model=str(model), out=str(tmp_path / "run"),
-                      train_data=[str(tmp_path / "train")], max_steps=2, batch_size=4, micro_batch_size=4,
-                      progress=False, save_every=0, grounding_weight=1.0, grounding_layers=[0, 3])
+    generate_dataset(
+        get_task("maze"), [3], 8, split="train", seed=0, out=tmp_path / "train", progress=False, workers=1
+    )
+    cfg = TrainConfig(
+        objective="perception",
+        model=str(model),
+        out=str(tmp_path / "run"),
+        train_data=[str(tmp_path / "train")],
+        max_steps=2,
+        batch_size=4,
+        micro_batch_size=4,
+        progress=False,
+        save_every=0,
+        grounding_weight=1.0,
+        grounding_layers=[0, 3],
+    )
     train(cfg)
     logs = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines() if x]
     assert all(r["grounding_loss"] > 0 for r in logs if "loss" in r and "val_loss" not in r)
@@ -67,8 +102,8 @@ def test_perception_training_with_grounding_logs_the_loss(tmp_path):
 
 
 def test_grounding_refuses_layers_the_model_does_not_have(tmp_path):
-    from mgsd.models.backbone import Backbone
     from mgsd.models import init_tiny
+    from mgsd.models.backbone import Backbone
 
     bb = Backbone.load(init_tiny(tmp_path / "tiny", preset="tiny", seed=0))
     with pytest.raises(ValueError, match="out of range"):

@@ -159,9 +159,12 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.grounding_weight > 0 and cfg.objective not in ("pretrain", "perception", "plan"):
         raise ValueError(f"grounding_weight is for the SFT objectives, not {cfg.objective!r}")
     _check(
-        isinstance(cfg.grounding_layers, list) and bool(cfg.grounding_layers)
+        isinstance(cfg.grounding_layers, list)
+        and bool(cfg.grounding_layers)
         and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in cfg.grounding_layers),
-        "grounding_layers", cfg.grounding_layers, "a non-empty list of layer indices",
+        "grounding_layers",
+        cfg.grounding_layers,
+        "a non-empty list of layer indices",
     )
     if cfg.replay_symbolic > 0 and cfg.objective not in ("perception", "plan"):
         raise ValueError(f"replay_symbolic is for the perception and plan objectives, not {cfg.objective!r}")

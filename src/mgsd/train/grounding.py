@@ -84,9 +84,7 @@ class AttentionTap:
         if bad:
             raise ValueError(f"grounding_layers {bad} out of range: the LM has {len(blocks)} layers")
         self.weights: dict[int, torch.Tensor] = {}
-        self._handles = [
-            blocks[i].self_attn.register_forward_hook(self._hook(i)) for i in layers
-        ]
+        self._handles = [blocks[i].self_attn.register_forward_hook(self._hook(i)) for i in layers]
 
     def _hook(self, index: int) -> Any:
         def keep(module: nn.Module, args: Any, output: Any) -> None:
@@ -145,4 +143,3 @@ def grounding_loss(
     if not terms:
         return None, 0
     return torch.stack(terms).mean(), len(terms) // max(len(weights), 1)
-

@@ -45,8 +45,8 @@ from mgsd.train import objectives as obj
 from mgsd.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from mgsd.train.config import TrainConfig
 from mgsd.train.dense import DenseHead, VisualTap, scene_token_labels, visual_module
-from mgsd.train.grounding import AttentionTap, grid_size, grounding_loss, token_cells
 from mgsd.train.examples import Example, build_examples
+from mgsd.train.grounding import AttentionTap, grid_size, grounding_loss, token_cells
 
 _TRAIN_COLUMNS = ["id", "task", "level", "state", "image", "optimal_plan", "optimal_length"]
 # Settings a resumed run may change: where it writes, how it reports, and when it checkpoints.
