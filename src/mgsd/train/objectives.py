@@ -7,11 +7,16 @@ prompt and padding. Every loss is a masked mean over tokens of the whole batch.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
-from mgsd.models.logprobs import OutputStates, chunked_logprobs, map_token_chunks
+from mgsd.models.logprobs import OutputStates, TokenLogProbs, chunked_logprobs, map_token_chunks
+
+if TYPE_CHECKING:
+    from mgsd.train.config import OPSDConfig
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor, denom: float | None = None) -> torch.Tensor:
@@ -182,3 +187,77 @@ def chunked_token_logprobs(
     """Sampled-token log-probs ``(B, R)`` from hidden states, ``chunk`` tokens at a time (what
     ``Backbone.token_logprobs`` computes with ``logit_chunk``; the sampled loss's input)."""
     return chunked_logprobs(hidden, targets, mask, chunk)
+
+
+# ---------------------------------------------------------------- the stage-2 losses, by name
+# ``opsd.loss`` names one entry of ``STAGE2_LOSSES``. The trainer asks the teacher for whole
+# distributions when the entry is ``vocabulary`` and adds ``fn`` of every micro-batch to the loss. A
+# new stage-2 loss is one entry here, plus its name in ``OPSDConfig.loss`` (a Literal, so the config
+# stays free of torch; tests/test_objectives.py holds the two equal).
+
+
+@dataclass
+class Stage2Batch:
+    """One micro-batch of rollouts as a stage-2 loss sees it.
+
+    ``student``: the student's log-probs of its own sampled tokens, with gradients (``full`` or
+    ``hidden`` filled for a vocabulary loss); ``teacher``: the teacher's of the same tokens under the
+    privileged prompt; ``old_logprobs``: the student's when it sampled, when the rollout is reused for
+    several updates (None: on-policy, the student's own detached); ``centred_success``: ``(B,)``
+    simulator success minus the global batch mean; ``denom``: response tokens in the global batch;
+    ``chunk``: ``logit_chunk`` (0: ``(B, R, V)`` log-probs in hand, else hidden states)."""
+
+    student: TokenLogProbs
+    teacher: TokenLogProbs
+    old_logprobs: torch.Tensor | None
+    centred_success: torch.Tensor
+    denom: float
+    chunk: int
+
+
+def sampled_reverse_kl(b: Stage2Batch, c: OPSDConfig) -> torch.Tensor:
+    """MGSD's default: the policy gradient of the per-token advantage ``log p_T - log p_S`` on the
+    sampled tokens (plus ``reward_weight`` times the centred success; PPO-clipped when reused)."""
+    mask = b.student.mask
+    old_lp = b.old_logprobs if b.old_logprobs is not None else b.student.logprobs.detach()
+    adv = reverse_kl_advantages(b.teacher.logprobs, old_lp, mask, clip=c.adv_clip)
+    if c.reward_weight:  # centred on the global batch mean, the same on every process
+        adv = adv + c.reward_weight * b.centred_success[:, None].to(adv) * mask
+    ratio_clip = c.ratio_clip if c.updates_per_rollout > 1 else None
+    return policy_gradient_loss(b.student.logprobs, old_lp, adv, mask, ratio_clip, denom=b.denom)
+
+
+def _vocabulary_reverse_kl(b: Stage2Batch, top_k: int | None) -> torch.Tensor:
+    s, t, mask = b.student, b.teacher, b.student.mask
+    if b.chunk:
+        assert s.hidden is not None and t.hidden is not None
+        return chunked_reverse_kl(s.hidden, t.hidden, mask, top_k, b.denom, b.chunk)
+    assert s.full is not None and t.full is not None
+    return full_reverse_kl(s.full, t.full, mask, top_k=top_k, denom=b.denom)
+
+
+def vocabulary_jsd(b: Stage2Batch, c: OPSDConfig) -> torch.Tensor:
+    """``generalized_jsd`` with ``beta = jsd_beta`` (chunked when ``chunk``)."""
+    s, t, mask = b.student, b.teacher, b.student.mask
+    if b.chunk:
+        assert s.hidden is not None and t.hidden is not None
+        return chunked_jsd(s.hidden, t.hidden, mask, c.jsd_beta, b.denom, b.chunk)
+    assert s.full is not None and t.full is not None
+    return generalized_jsd(s.full, t.full, mask, beta=c.jsd_beta, denom=b.denom)
+
+
+@dataclass(frozen=True)
+class Stage2Loss:
+    """``fn(batch, opsd config)`` -> this micro-batch's share of the loss; ``vocabulary``: it reads
+    whole next-token distributions (else only the sampled tokens' log-probs)."""
+
+    fn: Callable[[Stage2Batch, OPSDConfig], torch.Tensor]
+    vocabulary: bool
+
+
+STAGE2_LOSSES: dict[str, Stage2Loss] = {
+    "sampled": Stage2Loss(sampled_reverse_kl, vocabulary=False),
+    "full": Stage2Loss(lambda b, c: _vocabulary_reverse_kl(b, None), vocabulary=True),
+    "topk": Stage2Loss(lambda b, c: _vocabulary_reverse_kl(b, c.top_k), vocabulary=True),
+    "jsd": Stage2Loss(vocabulary_jsd, vocabulary=True),
+}
