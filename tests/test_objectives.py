@@ -94,3 +94,12 @@ def test_ppo_ratio_clip_stops_gradient_outside_trust_region():
     loss = policy_gradient_loss(logp, old, torch.ones(1, 1), torch.ones(1, 1), ratio_clip=0.2)
     loss.backward()
     assert logp.grad.item() == 0.0
+
+
+def test_the_stage2_loss_registry_names_exactly_the_configs_losses():
+    import typing
+
+    from mgsd.train.config import OPSDConfig
+    from mgsd.train.objectives import STAGE2_LOSSES
+
+    assert set(STAGE2_LOSSES) == set(typing.get_args(typing.get_type_hints(OPSDConfig)["loss"]))

@@ -376,3 +376,112 @@ def test_resume_refuses_other_settings_or_data_naming_them(setup, tmp_path):
     generate_dataset(get_task("maze"), [3], 12, split="train", seed=9, out=data, progress=False, workers=1)
     with pytest.raises(ValueError, match=r"train_data \(content changed\)"):
         Trainer(same, resume=True)
+
+
+# -- stage 2 through the trainer: each loss is its objectives.py definition; the EMA teacher resumes --
+
+
+@pytest.mark.parametrize(
+    ("loss", "chunk"), [("sampled", 0), ("full", 0), ("topk", 0), ("jsd", 0), ("full", 5), ("jsd", 5)]
+)
+def test_each_stage2_loss_through_the_trainer_is_its_objectives_definition(
+    setup, tmp_path, monkeypatch, loss, chunk
+):
+    """One stage-2 step's loss and gradient equal the objectives.py definition recomputed from
+    scratch: the student's samples scored by the student (image) and the adapter-off teacher
+    (privileged text), the whole batch at once (the trainer: two micro-batches, global denominator)."""
+    from mgsd.train import objectives as obj
+    from mgsd.train.batches import encode_student
+
+    root, model = setup
+    cfg = config(
+        root,
+        model,
+        tmp_path / "s2",
+        "opsd",
+        batch_size=2,
+        micro_batch_size=1,
+        logit_chunk=chunk,
+        lora={"r": 4},
+        opsd={"loss": loss, "top_k": 8, "jsd_beta": 0.3, "max_new_tokens": 8},
+    )
+    trainer = Trainer(cfg)
+    seen: dict = {"values": []}
+    generate, entry = trainer.bb.generate, obj.STAGE2_LOSSES[loss]
+    monkeypatch.setattr(trainer.bb, "generate", lambda *a, **k: seen.setdefault("gen", generate(*a, **k)))
+
+    def recorded(batch, c):
+        value = entry.fn(batch, c)
+        seen["values"].append(float(value.detach()))
+        return value
+
+    monkeypatch.setitem(obj.STAGE2_LOSSES, loss, obj.Stage2Loss(recorded, entry.vocabulary))
+    torch.manual_seed(0)
+    exs = trainer.batches.global_batch(0)
+    trainer._opsd_step(exs)
+    grads = {n: p.grad.clone() for n, p in trainer.params.items()}
+    trainer.opt.zero_grad(set_to_none=True)
+
+    bb, responses = trainer.bb, [list(s) for s in seen["gen"].sequences]
+    student = bb.token_logprobs(encode_student(bb, exs), responses, grad=True, full_vocab=True)
+    with bb.teacher():
+        t_ctx = bb.encode_teacher([e.teacher_system for e in exs], [e.teacher_prompt or "" for e in exs])
+        teacher = bb.token_logprobs(t_ctx, responses, full_vocab=True)
+    mask = student.mask
+    if loss == "sampled":
+        adv = obj.reverse_kl_advantages(teacher.logprobs, student.logprobs, mask)
+        ref = obj.policy_gradient_loss(student.logprobs, student.logprobs, adv, mask)
+    elif loss == "jsd":
+        ref = obj.generalized_jsd(student.full, teacher.full, mask, beta=0.3)
+    else:
+        ref = obj.full_reverse_kl(student.full, teacher.full, mask, top_k=8 if loss == "topk" else None)
+    ref.backward()
+    trainer.close()
+    assert len(seen["values"]) == 2 and sum(seen["values"]) == pytest.approx(float(ref.detach()), abs=1e-5)
+    assert any(float(g.abs().max()) > 0 for g in grads.values())
+    for n, p in trainer.params.items():
+        torch.testing.assert_close(grads[n], p.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_ema_teacher_resumes_from_a_checkpoint_as_if_uninterrupted(setup, tmp_path, monkeypatch):
+    import shutil
+
+    root, model = setup
+    kw = {
+        "max_steps": 3,
+        "batch_size": 2,
+        "micro_batch_size": 2,
+        "save_every": 1,
+        "opsd": {"teacher": "ema", "ema_decay": 0.5, "max_new_tokens": 8},
+    }
+
+    def run(out, resume=False):
+        trainer = Trainer(config(root, model, out, "opsd", **kw), resume=resume)
+        trainer.run()
+        return {k: v.detach().clone() for k, v in trainer.teacher.state().items()}
+
+    full = run(tmp_path / "full")
+    saved = load_file(str(tmp_path / "full" / "checkpoints" / "step-000002" / "extra.safetensors"))
+    assert saved and all(k.startswith("ema::") for k in saved)
+    start = load_file(str(model / "model.safetensors"))
+    assert any(not torch.equal(saved[f"ema::{k}"], v) for k, v in start.items() if f"ema::{k}" in saved)
+
+    original = Trainer._log
+
+    def crash(self, record):
+        original(self, record)
+        if record.get("step") == 2:
+            raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(Trainer, "_log", crash)
+    with pytest.raises(RuntimeError):
+        run(tmp_path / "crashed")
+    monkeypatch.setattr(Trainer, "_log", original)
+    shutil.copytree(tmp_path / "crashed", tmp_path / "forgot")
+    resumed = run(tmp_path / "crashed", resume=True)
+    _same(full, resumed)
+    _same(_weights(tmp_path / "full"), _weights(tmp_path / "crashed"))
+    # Without the saved EMA the resumed teacher restarts from the initial weights: not the same run.
+    (tmp_path / "forgot" / "checkpoints" / "step-000001" / "extra.safetensors").unlink()
+    forgot = run(tmp_path / "forgot", resume=True)
+    assert any(not torch.equal(full[k], forgot[k]) for k in full)
