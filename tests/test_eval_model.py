@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from mgsd.backends.base import GenerationConfig, Query, Reply
+from mgsd.backends.local import LocalBackend
 from mgsd.cli import main
 from mgsd.data.generate import generate_dataset
 from mgsd.data.io import read_rows, write_rows
-from mgsd.eval.backends import GenerationConfig, Query, Reply
 from mgsd.eval.gap import CATEGORIES, attribute, evaluate_gap, format_gap
-from mgsd.eval.local import LocalBackend
 from mgsd.eval.model import CACHE_NAME, evaluate_model, evaluate_perception, load_samples
 from mgsd.files import read_jsonl
 from mgsd.models import init_tiny

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from mgsd import __version__
+from mgsd.backends.base import Backend, GenerationConfig
 from mgsd.data.generate import read_state_hashes, state_hash
 from mgsd.data.importers import (
     PAPER_IMAGE_SIZE,
@@ -47,7 +48,6 @@ from mgsd.data.importers import (
     manifest_path,
 )
 from mgsd.data.io import DataError, png_bytes, read_rows, write_rows
-from mgsd.eval.backends import Backend, GenerationConfig
 from mgsd.eval.gap import evaluate_gap, format_gap, gap_table
 from mgsd.eval.model import evaluate_model, load_samples
 from mgsd.files import read_jsonl, write_json

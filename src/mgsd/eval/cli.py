@@ -133,7 +133,7 @@ def _model_options(p: argparse.ArgumentParser) -> None:
 
 
 def _backend(args: argparse.Namespace) -> Any:
-    from mgsd.eval.factory import open_backend
+    from mgsd.backends.factory import open_backend
 
     return open_backend(
         args.model,
@@ -150,7 +150,7 @@ def _backend(args: argparse.Namespace) -> Any:
 
 
 def _common(args: argparse.Namespace) -> dict[str, Any]:
-    from mgsd.eval.backends import GenerationConfig
+    from mgsd.backends.base import GenerationConfig
     from mgsd.eval.model import model_label
 
     if args.temperature < 0 or not 0 < args.top_p <= 1:
@@ -228,7 +228,7 @@ def _cmd_gap(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from mgsd.eval.serve import Limits, serve_model
+    from mgsd.backends.serve import Limits, serve_model
 
     given = {
         k: getattr(args, k)
@@ -271,7 +271,7 @@ def _cmd_plans(args: argparse.Namespace) -> int:
 
 
 def _cmd_benchmark(args: argparse.Namespace) -> int:
-    from mgsd.eval.backends import GenerationConfig
+    from mgsd.backends.base import GenerationConfig
     from mgsd.eval.benchmark import PAPER_MAX_TOKENS_API, PAPER_MAX_TOKENS_LOCAL, format_table, run_benchmark
     from mgsd.eval.model import model_label
 

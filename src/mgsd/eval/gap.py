@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from mgsd.eval.backends import Backend, GenerationConfig
+from mgsd.backends.base import Backend, GenerationConfig
 from mgsd.eval.model import (
     check_generation,
     evaluate_model,

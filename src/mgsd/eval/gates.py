@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mgsd.eval.backends import GenerationConfig
+from mgsd.backends.base import GenerationConfig
 from mgsd.files import write_json
 from mgsd.prompts import reference_response, teacher_context, teacher_system
 from mgsd.tasks import get_task
@@ -213,8 +213,8 @@ def evaluate_gates(
     progress: bool = True,
 ) -> dict[str, Any]:
     """The base's gates on held-out states; writes OUT/gates.json and returns it."""
+    from mgsd.backends.local import LocalBackend
     from mgsd.eval.attention import object_attention
-    from mgsd.eval.local import LocalBackend
     from mgsd.eval.model import evaluate_model
 
     base, out = Path(base), Path(out)

@@ -39,8 +39,8 @@ import numpy as np
 from tqdm import tqdm
 
 from mgsd import __version__
+from mgsd.backends.base import Backend, GenerationConfig, Query, Reply
 from mgsd.data.io import DataError, decode_image, read_rows
-from mgsd.eval.backends import Backend, GenerationConfig, Query, Reply
 from mgsd.eval.plans import data_paths, write_results
 from mgsd.files import atomic_write, jsonl_lines, read_jsonl, write_json, write_jsonl
 from mgsd.prompts import (
