@@ -72,7 +72,8 @@ def teacher_competence(
 ) -> dict[str, Any]:
     """The base's success from the teacher's context with / without the plan, and the reference
     log-probs (local backends only); writes OUT/teacher.json and each modality's results."""
-    from mgsd.eval.model import evaluate_model, load_samples
+    from mgsd.eval.model import evaluate_model
+    from mgsd.eval.queries import load_samples
 
     out = Path(out)
     samples = load_samples(data)
