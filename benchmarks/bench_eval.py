@@ -23,11 +23,12 @@ from pathlib import Path
 import torch
 from transformers.utils import logging as hf_logging
 
+from mgsd.backends.base import GenerationConfig
+from mgsd.backends.local import LocalBackend
+from mgsd.backends.openai_compat import OpenAIBackend
+from mgsd.backends.serve import MGSDServer
 from mgsd.data.generate import generate_dataset
-from mgsd.eval.backends import GenerationConfig, OpenAIBackend
-from mgsd.eval.local import LocalBackend
 from mgsd.eval.model import evaluate_model
-from mgsd.eval.serve import MGSDServer
 from mgsd.models import Backbone, init_tiny
 from mgsd.tasks import get_task
 

@@ -14,13 +14,16 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from mgsd.backends.base import GenerationConfig, Query, Reply
+from mgsd.backends.local import LocalBackend
 from mgsd.cli import main
 from mgsd.data.generate import generate_dataset
 from mgsd.data.io import read_rows, write_rows
-from mgsd.eval.backends import GenerationConfig, Query, Reply
 from mgsd.eval.gap import CATEGORIES, attribute, evaluate_gap, format_gap
-from mgsd.eval.local import LocalBackend
-from mgsd.eval.model import CACHE_NAME, evaluate_model, evaluate_perception, load_samples
+from mgsd.eval.model import evaluate_model
+from mgsd.eval.perception import evaluate_perception
+from mgsd.eval.queries import load_samples
+from mgsd.eval.responses import CACHE_NAME
 from mgsd.files import read_jsonl
 from mgsd.models import init_tiny
 from mgsd.prompts import perception_target, text_student_prompt

@@ -16,12 +16,13 @@ import openai
 import pytest
 from PIL import Image
 
+from mgsd.backends.base import GenerationConfig, Query
+from mgsd.backends.local import LocalBackend
+from mgsd.backends.openai_compat import OpenAIBackend, image_data_url
+from mgsd.backends.serve import MGSDServer
 from mgsd.cli import main
 from mgsd.data.generate import generate_dataset
-from mgsd.eval.backends import GenerationConfig, OpenAIBackend, Query, image_data_url
-from mgsd.eval.local import LocalBackend
 from mgsd.eval.model import evaluate_model
-from mgsd.eval.serve import MGSDServer
 from mgsd.models import Backbone, init_tiny
 from mgsd.tasks import get_task
 

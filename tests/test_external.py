@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
+from mgsd.backends.base import GenerationConfig, Reply
 from mgsd.cli import main
 from mgsd.data.importers import check_imported, import_visualplanning, import_vsp, manifest_path
 from mgsd.data.io import DataError, read_rows, write_rows
-from mgsd.eval.backends import GenerationConfig, Reply
 from mgsd.eval.benchmark import prepare_set, run_benchmark
 from mgsd.files import read_jsonl
 from mgsd.scoring.plans import score_response
@@ -588,7 +588,7 @@ def test_benchmark_views_and_stale_results(shared_data, tmp_path):
 
 
 def test_benchmark_cli_uses_the_papers_token_budgets(shared_data, tmp_path, monkeypatch, capsys):
-    import mgsd.eval.factory as factory
+    import mgsd.backends.factory as factory
 
     seen: list[GenerationConfig] = []
 

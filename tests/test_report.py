@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from mgsd.backends.base import GenerationConfig, Query, Reply
 from mgsd.cli import main
 from mgsd.data.generate import generate_dataset
 from mgsd.data.io import read_rows
-from mgsd.eval.backends import GenerationConfig, Query, Reply
 from mgsd.eval.gap import evaluate_gap
 from mgsd.eval.model import evaluate_model
 from mgsd.eval.plans import eval_plans

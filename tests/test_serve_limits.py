@@ -21,8 +21,8 @@ import pytest
 import torch
 from PIL import Image
 
-from mgsd.eval.backends import image_data_url
-from mgsd.eval.serve import Limits, MGSDServer
+from mgsd.backends.openai_compat import image_data_url
+from mgsd.backends.serve import Limits, MGSDServer
 
 TIMEOUT = 20  # seconds a test client waits for one response
 

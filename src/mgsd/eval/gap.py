@@ -28,15 +28,12 @@ from typing import Any
 
 import numpy as np
 
-from mgsd.eval.backends import Backend, GenerationConfig
-from mgsd.eval.model import (
-    check_generation,
-    evaluate_model,
-    evaluate_perception,
-    load_samples,
-    stratified_rate,
-)
+from mgsd.backends.base import Backend, GenerationConfig
+from mgsd.eval.model import check_generation, evaluate_model
+from mgsd.eval.perception import evaluate_perception
+from mgsd.eval.queries import load_samples
 from mgsd.files import read_jsonl, write_json, write_jsonl
+from mgsd.scoring.aggregate import stratified_rate
 
 CATEGORIES: tuple[str, ...] = (
     "solved",

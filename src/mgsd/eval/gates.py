@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mgsd.eval.backends import GenerationConfig
+from mgsd.backends.base import GenerationConfig
 from mgsd.files import write_json
 from mgsd.prompts import reference_response, teacher_context, teacher_system
 from mgsd.tasks import get_task
@@ -72,7 +72,8 @@ def teacher_competence(
 ) -> dict[str, Any]:
     """The base's success from the teacher's context with / without the plan, and the reference
     log-probs (local backends only); writes OUT/teacher.json and each modality's results."""
-    from mgsd.eval.model import evaluate_model, load_samples
+    from mgsd.eval.model import evaluate_model
+    from mgsd.eval.queries import load_samples
 
     out = Path(out)
     samples = load_samples(data)
@@ -213,8 +214,8 @@ def evaluate_gates(
     progress: bool = True,
 ) -> dict[str, Any]:
     """The base's gates on held-out states; writes OUT/gates.json and returns it."""
+    from mgsd.backends.local import LocalBackend
     from mgsd.eval.attention import object_attention
-    from mgsd.eval.local import LocalBackend
     from mgsd.eval.model import evaluate_model
 
     base, out = Path(base), Path(out)

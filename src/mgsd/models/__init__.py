@@ -11,8 +11,8 @@ from typing import Any
 
 _EXPORTS = {
     "Backbone": "backbone",
-    "Generation": "backbone",
-    "resolve_model_path": "backbone",
+    "Generation": "generation",
+    "resolve_model_path": "storage",
     "CHAT_TEMPLATE": "chat",
     "student_messages": "chat",
     "teacher_messages": "chat",

@@ -14,6 +14,10 @@ Precision: ``dtype`` is the dtype of the stored parameters (the master weights);
 is the dtype of the arithmetic. With ``dtype="float32", compute_dtype="bfloat16"`` the forward runs
 under ``torch.autocast`` in bf16 while the optimizer updates fp32 weights, so tiny steps
 (lr 1e-6) are not rounded away as they are with bf16 parameters.
+
+The class is the API; the work lives in small modules beside it: ``loading`` and ``saving`` (model
+directories), ``encoding`` (chat turns to ids), ``generation`` (sampling), ``token_logprobs`` (the
+scoring forward) and ``guards`` (the checks on contexts and responses).
 """
 
 from __future__ import annotations
@@ -30,58 +34,18 @@ from typing import Any, Literal
 import torch
 from PIL import Image
 from torch import nn
-from transformers import AutoModelForImageTextToText, GenerationConfig, LogitsProcessorList
 
-from mgsd.files import atomic_directory, write_json
+from mgsd.models import guards
 from mgsd.models import lora as lora_lib
-from mgsd.models.chat import Message, count_images, student_messages, teacher_messages
-from mgsd.models.context import Context, append_responses
-from mgsd.models.generation import Generation, RecordLogprobs, Suppress, cut_at_stop
-from mgsd.models.logprobs import OutputStates, TokenLogProbs, chunked_logprobs, gather_logprobs
-from mgsd.models.positions import position_ids
-from mgsd.models.processor import VIDEO_CONFIG, load_processor, video_processor_config
-from mgsd.models.storage import (
-    quiet_progress,
-    resolve_dtype,
-    resolve_model_path,
-    set_config_dtype,
-)
-
-ADAPTER_DIR = "adapter"  # LoRA weights saved beside unmerged base weights
-# Config keys of HF models that change the logits after ``lm_head`` (Gemma's soft-cap, Cohere's and
-# Granite's scales, muP-style multipliers): the chunked path, head(hidden), would miss them.
-_LOGIT_TRANSFORMS = (
-    "final_logit_softcapping",
-    "logit_softcapping",
-    "logit_scale",
-    "logits_scaling",
-    "lm_head_multiplier",
-    "output_multiplier",
-)
-
-
-_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).splitlines() or [type(exc).__name__])[0][:300]
-
-
-def check_weight_files(source: str) -> None:
-    """A local model directory must hold safetensors weights; pickle-only weights are refused by name
-    (loading them can run arbitrary code), before transformers is asked."""
-    path = Path(source)
-    if not path.is_dir():
-        return  # a hub id: from_pretrained(use_safetensors=True) refuses pickle there
-    if any(path.glob("*.safetensors")):
-        return
-    pickles = sorted(f.name for f in path.iterdir() if f.suffix in _PICKLE_SUFFIXES)
-    if pickles:
-        raise ValueError(
-            f"cannot load model {source}: only pickle weights ({pickles[0]}); mgsd loads safetensors only "
-            "(convert them with safetensors.torch.save_file)"
-        )
-    raise ValueError(f"cannot load model {source}: no *.safetensors weights in the directory")
+from mgsd.models import token_logprobs as scoring
+from mgsd.models.chat import Message, student_messages, teacher_messages
+from mgsd.models.context import Context
+from mgsd.models.encoding import encode_conversations, response_ids
+from mgsd.models.generation import Generation, generate, never_sample
+from mgsd.models.loading import load_model
+from mgsd.models.logprobs import TokenLogProbs
+from mgsd.models.saving import save_model_dir
+from mgsd.models.storage import resolve_dtype
 
 
 class Backbone:
@@ -107,11 +71,11 @@ class Backbone:
         self.template_id = hashlib.sha256(template.encode()).hexdigest()
         vocab = json.dumps(sorted(self.tokenizer.get_vocab().items()))
         self.tokenizer_id = hashlib.sha256(vocab.encode()).hexdigest()
-        self.eos_token_ids = self._end_of_turn_ids()
+        self.eos_token_ids = guards.end_of_turn_ids(self.tokenizer, model)
         pad = self.tokenizer.pad_token_id
         self.pad_token_id = int(pad if pad is not None else self.eos_token_ids[0])
-        self.image_token_id = _config_value(model.config, "image_token_id", "image_token_index")
-        self._generation_prompt_ids = self._find_generation_prompt()
+        self.image_token_id = guards.config_value(model.config, "image_token_id", "image_token_index")
+        self._generation_prompt_ids = guards.generation_prompt_ids(processor, self.tokenizer)
         self._generation_prompt_text: str | None = None  # decoded lazily by encode_responses
         self._forward_params = set(inspect.signature(model.forward).parameters)
 
@@ -132,30 +96,13 @@ class Backbone:
         A directory saved with an unmerged LoRA (``adapter/``) comes back with the adapter attached.
         ``dtype`` = parameter (master) dtype; ``compute_dtype`` = autocast dtype (default: ``dtype``).
         """
-        source = resolve_model_path(path_or_id)
-        check_weight_files(source)
-        try:
-            with quiet_progress():
-                # safetensors only: a pickle checkpoint can run code when loaded.
-                model = AutoModelForImageTextToText.from_pretrained(
-                    source,
-                    dtype=resolve_dtype(dtype),
-                    trust_remote_code=trust_remote_code,
-                    use_safetensors=True,
-                )
-            processor = load_processor(source, trust_remote_code=trust_remote_code)
-        except (ValueError, OSError) as exc:
-            raise ValueError(f"cannot load model {source}: {_first_line(exc)}") from None
-        except Exception as exc:  # safetensors, json and transformers raise many types for broken files
-            reason = f"{type(exc).__name__}: {_first_line(exc)}"
-            raise ValueError(f"cannot load model {source}: {reason}") from None
-        adapter = Path(source) / ADAPTER_DIR
-        if (adapter / "adapter_config.json").is_file():
-            model = lora_lib.load_adapter(model, str(adapter), trainable=trainable_adapter)
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        model.to(device)
-        model.eval()
+        model, processor, source = load_model(
+            path_or_id,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            device=device,
+            trainable_adapter=trainable_adapter,
+        )
         bb = cls(model, processor, compute_dtype=compute_dtype)
         bb.source = str(source)
         return bb
@@ -169,29 +116,7 @@ class Backbone:
         ``merge_lora=False`` stores the untouched base weights plus ``adapter/``, so the teacher
         (the base) survives in the checkpoint. ``dtype`` casts the saved weights (e.g. bf16 for eval).
         """
-        target = resolve_dtype(dtype)
-        if self.peft is None:
-            state = dict(self.model.state_dict())
-        elif merge_lora:
-            state = lora_lib.merged_state_dict(self.peft)
-        else:
-            state = lora_lib.base_state_dict(self.peft)
-        if target is not None:
-            state = {k: v.to(target) if v.is_floating_point() else v for k, v in state.items()}
-        with atomic_directory(out_dir) as tmp, quiet_progress():
-            self.model.save_pretrained(tmp, state_dict=state)
-            if target is not None:
-                set_config_dtype(tmp / "config.json", str(target).removeprefix("torch."))
-            if self.peft is not None and not merge_lora:
-                lora_lib.save_adapter(self.peft, str(tmp / ADAPTER_DIR))
-                # peft records the base as given at load time (often relative to some other cwd);
-                # the base weights are the ones saved here, so point at this directory, absolutely.
-                _set_adapter_base(tmp / ADAPTER_DIR, Path(out_dir).resolve())
-            self.processor.save_pretrained(tmp)
-            video = video_processor_config(self.source, self.model.config.model_type, self.processor)
-            if video is not None and not (tmp / VIDEO_CONFIG).exists():
-                write_json(video, tmp / VIDEO_CONFIG, sort_keys=True)
-        return Path(out_dir)
+        return save_model_dir(self, out_dir, merge_lora=merge_lora, dtype=dtype)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -243,35 +168,7 @@ class Backbone:
         ``images[i]`` are the images of conversation ``i`` in order of their ``{"type": "image"}``
         slots (or put the PIL image under the part's ``"image"`` key and pass ``images=None``).
         """
-        conversations = [list(c) for c in conversations]
-        if images is None:
-            images = [_images_in(c) for c in conversations]
-        if len(images) != len(conversations):
-            raise ValueError(f"{len(conversations)} conversations but {len(images)} image lists")
-        counts = [count_images(c) for c in conversations]
-        for i, (n, imgs) in enumerate(zip(counts, images, strict=True)):
-            if n != len(imgs):
-                raise ValueError(f"conversation {i} has {n} image slots but {len(imgs)} images were given")
-        texts = [
-            self.processor.apply_chat_template(
-                _strip_images(c), tokenize=False, add_generation_prompt=add_generation_prompt
-            )
-            for c in conversations
-        ]
-        flat = [img.convert("RGB") for imgs in images for img in imgs]
-        batch = self.processor(text=texts, images=flat or None, padding=True, return_tensors="pt")
-        extras = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask")}
-        ctx = Context(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            extras=extras,
-            images_per_sample=counts,
-            template_id=self.template_id,
-            tokenizer_id=self.tokenizer_id,
-            generation_prompt=add_generation_prompt,
-        ).to(self.device)
-        self.check_image_tokens(ctx)
-        return ctx
+        return encode_conversations(self, conversations, images, add_generation_prompt=add_generation_prompt)
 
     def encode_student(
         self,
@@ -301,95 +198,23 @@ class Backbone:
         would see it, does not start a new token: e.g. a leading "\\n" merging with the prompt's
         "\\n" into one token. Training on such ids would teach a split the model never samples.
         """
-        texts = list(texts)
-        if not texts:
-            return []
-        prompt = self._generation_prompt_ids or []
-        alone = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
-        joints: list[Any] = [None] * len(texts)
-        if prompt:
-            if self._generation_prompt_text is None:
-                self._generation_prompt_text = self.tokenizer.decode(prompt, skip_special_tokens=False)
-            prompt_text = self._generation_prompt_text
-            joints = self.tokenizer([prompt_text + t for t in texts], add_special_tokens=False)["input_ids"]
-        out = []
-        for i, (text, ids, joint) in enumerate(zip(texts, alone, joints, strict=True)):
-            ids = list(ids)
-            if prompt and list(joint) != prompt + ids:
-                raise ValueError(
-                    f"response {i} ({text[:12]!r}) would merge into the prompt boundary: after the"
-                    " generation prompt it tokenises differently than on its own"
-                )
-            out.append(ids + ([self.eos_token_ids[0]] if add_eos else []))
-        return out
+        return response_ids(self, texts, add_eos=add_eos)
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         """Token ids -> text."""
         return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
-    # ------------------------------------------------------------------ guards
+    # ------------------------------------------------------------------ guards (see ``guards``)
     def check_image_tokens(self, ctx: Context) -> None:
         """Raise ``ValueError`` if image placeholder tokens and image features disagree."""
-        if self.image_token_id is None:
-            return
-        found = (ctx.input_ids == self.image_token_id).sum(-1).tolist()
-        grid = ctx.extras.get("image_grid_thw")
-        if grid is None:
-            if any(n and not f for n, f in zip(ctx.images_per_sample, found, strict=False)):
-                raise ValueError("a sample has images but no image tokens in input_ids")
-            return
-        merge = _config_value(getattr(self.model.config, "vision_config", None), "spatial_merge_size") or 1
-        per_image = (grid.prod(-1) // merge**2).tolist()
-        if not ctx.images_per_sample:  # unknown split over samples: check the batch total only
-            found, counts = [sum(found)], [len(per_image)]
-        else:
-            counts = ctx.images_per_sample
-        if sum(counts) != len(per_image):
-            raise ValueError(f"{sum(counts)} images in the conversations but {len(per_image)} image grids")
-        start = 0
-        for i, n in enumerate(counts):
-            expected = sum(per_image[start : start + n])
-            start += n
-            if found[i] != expected:
-                where = f"sample {i}" if ctx.images_per_sample else "batch"
-                raise ValueError(
-                    f"{where}: {found[i]} image tokens in input_ids but the images give {expected}"
-                )
-        pixels = ctx.extras.get("pixel_values")
-        patches = int(grid.prod(-1).sum())
-        if pixels is not None and pixels.shape[0] != patches:
-            raise ValueError(f"pixel_values has {pixels.shape[0]} patches, image_grid_thw implies {patches}")
+        guards.check_image_tokens(self, ctx)
 
     def check_context(self, ctx: Context) -> None:
         """Raise ``ValueError`` if ``ctx`` cannot be continued by a response of this model."""
-        if ctx.tokenizer_id != self.tokenizer_id:
-            raise ValueError("context was tokenised with a different vocabulary than this model's tokenizer")
-        if ctx.template_id != self.template_id:
-            raise ValueError("context was built with a different chat template than this model's")
-        if not ctx.generation_prompt:
-            raise ValueError("context has no generation prompt: a response would not start an assistant turn")
-        if not bool(ctx.attention_mask[:, -1].all()):
-            raise ValueError("context is not left-padded: a response would follow padding, not the prompt")
-        suffix = self._generation_prompt_ids
-        if suffix:
-            tail = ctx.input_ids[:, -len(suffix) :]
-            if not bool((tail == torch.as_tensor(suffix, device=tail.device)).all()):
-                raise ValueError(
-                    "context does not end with the generation prompt: the response boundary is lost"
-                )
-        self.check_image_tokens(ctx)
+        guards.check_context(self, ctx)
 
     def _check_responses(self, ctx: Context, responses: list[list[int]]) -> None:
-        if len(responses) != len(ctx):
-            raise ValueError(f"{len(ctx)} contexts but {len(responses)} responses")
-        vocab = self.model.get_input_embeddings().num_embeddings
-        for i, r in enumerate(responses):
-            if not r:
-                raise ValueError(f"response {i} is empty")
-            if self.image_token_id is not None and self.image_token_id in r:
-                raise ValueError(f"response {i} contains the image placeholder token")
-            if min(r) < 0 or max(r) >= vocab:
-                raise ValueError(f"response {i} has ids outside the vocabulary [0, {vocab})")
+        guards.check_responses(self, ctx, responses)
 
     # ------------------------------------------------------------------ generation
     def generate(
@@ -407,48 +232,15 @@ class Backbone:
 
         ``stop_token_ids`` replaces the end-of-turn ids as stop tokens (the stop token is kept).
         """
-        self.check_context(ctx)
-        stops = [int(t) for t in stop_token_ids] if stop_token_ids is not None else self.eos_token_ids
-        if not greedy and temperature <= 0:
-            raise ValueError("temperature must be > 0 for sampling (use greedy=True)")
-        prompt_len = ctx.input_ids.shape[1]
-        recorder = RecordLogprobs(prompt_len) if return_logprobs else None
-        processors = LogitsProcessorList(
-            [p for p in (recorder, Suppress(self._never_sample())) if p is not None]
-        )
-        sampling = {} if greedy else {"temperature": temperature, "top_p": top_p, "top_k": 0}
-        config = GenerationConfig(
+        return generate(
+            self,
+            ctx,
             max_new_tokens=max_new_tokens,
-            do_sample=not greedy,
-            eos_token_id=stops,
-            pad_token_id=self.pad_token_id,
-            return_dict_in_generate=True,
-            use_cache=True,
-            **sampling,
-        )
-        with self._own_generation_config(), self.eval_mode(), torch.no_grad(), self.autocast():
-            out = self.model.generate(
-                input_ids=ctx.input_ids,
-                attention_mask=ctx.attention_mask,
-                **ctx.extras,
-                generation_config=config,
-                logits_processor=processors,
-            )
-        sequences = out.sequences
-        if not torch.equal(sequences[:, :prompt_len], ctx.input_ids):
-            raise RuntimeError("generate() changed the prompt ids: the response boundary is unknown")
-        new = sequences[:, prompt_len:].tolist()
-        step_lp = recorder.finish(sequences).tolist() if recorder is not None else None
-        seqs, finished, lps = [], [], []
-        for i, row in enumerate(new):
-            kept, done = cut_at_stop(row, stops)
-            seqs.append(kept)
-            finished.append(done)
-            if step_lp is not None:
-                lps.append(step_lp[i][: len(kept)])
-        texts = self.tokenizer.batch_decode(seqs, skip_special_tokens=True)
-        return Generation(
-            sequences=seqs, texts=texts, finished=finished, logprobs=lps if step_lp is not None else None
+            temperature=temperature,
+            top_p=top_p,
+            greedy=greedy,
+            return_logprobs=return_logprobs,
+            stop_token_ids=stop_token_ids,
         )
 
     @contextmanager
@@ -461,32 +253,8 @@ class Backbone:
         finally:
             self.model.train(was_training)
 
-    @contextmanager
-    def _own_generation_config(self) -> Iterator[None]:
-        # A hub checkpoint's generation_config (top_k=20, temperature=0.7, ...) would fill every field
-        # we leave unset; swap in an empty one so only our explicit settings apply.
-        saved = self.model.generation_config
-        self.model.generation_config = GenerationConfig()
-        try:
-            yield
-        finally:
-            self.model.generation_config = saved
-
     def _never_sample(self) -> torch.Tensor:
-        ids = set()
-        for name in (
-            "image_token_id",
-            "video_token_id",
-            "vision_start_token_id",
-            "vision_end_token_id",
-            "image_token_index",
-        ):
-            value = _config_value(self.model.config, name)
-            if value is not None:
-                ids.add(int(value))
-        vocab = self.model.get_input_embeddings().num_embeddings
-        ids.update(range(len(self.tokenizer), vocab))
-        return torch.tensor(sorted(ids), dtype=torch.long)
+        return never_sample(self.model, self.tokenizer)
 
     # ------------------------------------------------------------------ scoring
     def token_logprobs(
@@ -510,56 +278,8 @@ class Backbone:
         hidden states, recomputing each block in backward; ``full_vocab`` then returns those hidden
         states and the head (``.hidden``) instead of ``.full``, for the chunked vocabulary losses.
         """
-        if grad and self._teacher_mode:
-            raise ValueError("grad=True inside teacher(): the teacher is frozen")
-        if logit_chunk < 0:
-            raise ValueError(f"logit_chunk must be >= 0, got {logit_chunk}")
-        responses = [[int(t) for t in r] for r in response_ids]
-        self.check_context(ctx)
-        self._check_responses(ctx, responses)
-        input_ids, mask, extras, R = append_responses(ctx, responses, self.pad_token_id)
-        L = ctx.input_ids.shape[1]
-        for i, r in enumerate(responses):  # concatenated ids, never re-tokenised text: check the seam
-            if input_ids[i, L : L + len(r)].tolist() != r or int(mask[i, L - 1]) != 1:
-                raise ValueError(f"sample {i}: first response token not adjacent to the prompt")
-        kwargs: dict[str, Any] = {
-            "input_ids": input_ids,
-            "attention_mask": mask,
-            "position_ids": position_ids(self.model, input_ids, mask, extras),
-            "use_cache": False,
-            **extras,
-        }
-        targets = input_ids[:, L:]
-        resp_mask = mask[:, L:].to(torch.float32)
-        # Without grad (teacher, old log-probs) the model runs in eval mode, like the sampler.
-        mode = nullcontext() if grad else self.eval_mode()
-        full = hidden = None
-        if logit_chunk:
-            inner, head = self.output_head()
-            with mode, torch.set_grad_enabled(grad), self.autocast():
-                states = inner(**kwargs).last_hidden_state[:, -(R + 1) : -1]
-                weight = head.weight if grad else head.weight.detach()
-                bias = head.bias if head.bias is None or grad else head.bias.detach()
-                out = OutputStates(states, weight, bias)
-                # Under autocast, so the head's matmul runs in the compute dtype as lm_head would.
-                logprobs = chunked_logprobs(out, targets, resp_mask, logit_chunk)
-            hidden = out if full_vocab else None
-        else:
-            if "logits_to_keep" in self._forward_params:
-                kwargs["logits_to_keep"] = R + 1  # only the positions that predict response tokens
-            with mode, torch.set_grad_enabled(grad), self.autocast():
-                logits = self.model(**kwargs).logits
-            logits = logits[:, -(R + 1) : -1]  # position L-1+t predicts response token t
-            logprobs = gather_logprobs(logits, targets) * resp_mask
-            full = torch.log_softmax(logits.float(), dim=-1) if full_vocab else None
-        return TokenLogProbs(
-            logprobs=logprobs,
-            mask=resp_mask,
-            response_ids=tuple(tuple(r) for r in responses),
-            template_id=ctx.template_id,
-            tokenizer_id=ctx.tokenizer_id,
-            full=full,
-            hidden=hidden,
+        return scoring.token_logprobs(
+            self, ctx, response_ids, grad=grad, full_vocab=full_vocab, logit_chunk=logit_chunk
         )
 
     def output_head(self) -> tuple[nn.Module, nn.Linear]:
@@ -573,25 +293,7 @@ class Backbone:
         ``nn.Linear`` (a LoRA on the head would be live outside ``teacher()``), or a config that
         scales or soft-caps the logits after the head.
         """
-        inner = getattr(self.model, "model", None)
-        head = self.model.get_output_embeddings()
-        name = type(self.model).__name__
-        if not isinstance(inner, nn.Module) or inner is self.model:
-            raise ValueError(f"logit_chunk: {name} has no inner .model returning the final hidden states")
-        if type(head) is not nn.Linear:
-            raise ValueError(
-                f"logit_chunk: {name}'s output head is {type(head).__name__}, not a plain nn.Linear"
-            )
-        configs = [self.model.config, getattr(self.model.config, "text_config", None)]
-        for key in _LOGIT_TRANSFORMS:
-            for config in configs:
-                value = getattr(config, key, None) if config is not None else None
-                if value not in (None, 0, 1, 0.0, 1.0):
-                    raise ValueError(
-                        f"logit_chunk: {name} transforms its logits after the head ({key}={value}): "
-                        "the chunked path would compute other log-probs; use logit_chunk: 0"
-                    )
-        return inner, head
+        return scoring.output_head(self.model)
 
     # ------------------------------------------------------------------ LoRA / teacher
     def add_lora(
@@ -641,67 +343,3 @@ class Backbone:
             if lora_lib.is_vision(name) and "lora_" not in name:
                 param.requires_grad_(trainable)
         return self
-
-    # ------------------------------------------------------------------ helpers
-    def _end_of_turn_ids(self) -> list[int]:
-        ids: list[int] = []
-        im_end = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
-        unk = self.tokenizer.unk_token_id
-        candidates = [self.tokenizer.eos_token_id, im_end if im_end != unk else None]
-        gen_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
-        candidates += gen_eos if isinstance(gen_eos, list) else [gen_eos]
-        for c in candidates:
-            if c is not None and int(c) not in ids:
-                ids.append(int(c))
-        if not ids:
-            raise ValueError("the tokenizer has no end-of-turn token")
-        return ids
-
-    def _find_generation_prompt(self) -> list[int] | None:
-        conv = [{"role": "user", "content": [{"type": "text", "text": "x"}]}]
-        without = self.processor.apply_chat_template(conv, tokenize=False, add_generation_prompt=False)
-        with_prompt = self.processor.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
-        a = self.tokenizer(without, add_special_tokens=False)["input_ids"]
-        b = self.tokenizer(with_prompt, add_special_tokens=False)["input_ids"]
-        if len(b) > len(a) and b[: len(a)] == a:
-            return list(b[len(a) :])
-        return None  # the template's prompt merges with what precedes it: cannot check
-
-
-def _config_value(config: Any, *names: str) -> Any:
-    for name in names:
-        value = getattr(config, name, None) if config is not None else None
-        if value is not None:
-            return value
-    return None
-
-
-def _images_in(conversation: Sequence[Message]) -> list[Image.Image]:
-    out = []
-    for message in conversation:
-        content = message.get("content")
-        if isinstance(content, list):
-            out += [
-                p["image"]
-                for p in content
-                if p.get("type") == "image" and isinstance(p.get("image"), Image.Image)
-            ]
-    return out
-
-
-def _strip_images(conversation: Sequence[Message]) -> list[Message]:
-    # The template only needs the slots; the PIL objects go to the processor separately.
-    out = []
-    for message in conversation:
-        content = message.get("content")
-        if isinstance(content, list):
-            content = [{"type": "image"} if p.get("type") == "image" else p for p in content]
-        out.append({**message, "content": content})
-    return out
-
-
-def _set_adapter_base(adapter_dir: Path, base: Path) -> None:
-    cfg_path = adapter_dir / "adapter_config.json"
-    cfg = json.loads(cfg_path.read_text())
-    cfg["base_model_name_or_path"] = str(base)
-    write_json(cfg, cfg_path, sort_keys=True)

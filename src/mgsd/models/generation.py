@@ -1,12 +1,21 @@
-"""Generation results and the logits processors ``Backbone.generate`` installs."""
+"""``Backbone.generate``: batched sampling or greedy decoding, its results and the logits processors it
+installs."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import LogitsProcessor
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+
+from mgsd.models.guards import config_value
+
+if TYPE_CHECKING:
+    from mgsd.models.backbone import Backbone
+    from mgsd.models.context import Context
 
 
 @dataclass
@@ -70,3 +79,89 @@ def cut_at_stop(row: Sequence[int], stop_ids: Sequence[int]) -> tuple[list[int],
         if tok in stops:
             return list(row[: t + 1]), True
     return list(row), False
+
+
+def generate(
+    bb: Backbone,
+    ctx: Context,
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    greedy: bool,
+    return_logprobs: bool,
+    stop_token_ids: Sequence[int] | None,
+) -> Generation:
+    """``Backbone.generate`` (see there)."""
+    bb.check_context(ctx)
+    stops = [int(t) for t in stop_token_ids] if stop_token_ids is not None else bb.eos_token_ids
+    if not greedy and temperature <= 0:
+        raise ValueError("temperature must be > 0 for sampling (use greedy=True)")
+    prompt_len = ctx.input_ids.shape[1]
+    recorder = RecordLogprobs(prompt_len) if return_logprobs else None
+    processors = LogitsProcessorList([p for p in (recorder, Suppress(bb._never_sample())) if p is not None])
+    sampling = {} if greedy else {"temperature": temperature, "top_p": top_p, "top_k": 0}
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=not greedy,
+        eos_token_id=stops,
+        pad_token_id=bb.pad_token_id,
+        return_dict_in_generate=True,
+        use_cache=True,
+        **sampling,
+    )
+    with own_generation_config(bb.model), bb.eval_mode(), torch.no_grad(), bb.autocast():
+        out = bb.model.generate(
+            input_ids=ctx.input_ids,
+            attention_mask=ctx.attention_mask,
+            **ctx.extras,
+            generation_config=config,
+            logits_processor=processors,
+        )
+    sequences = out.sequences
+    if not torch.equal(sequences[:, :prompt_len], ctx.input_ids):
+        raise RuntimeError("generate() changed the prompt ids: the response boundary is unknown")
+    new = sequences[:, prompt_len:].tolist()
+    step_lp = recorder.finish(sequences).tolist() if recorder is not None else None
+    seqs, finished, lps = [], [], []
+    for i, row in enumerate(new):
+        kept, done = cut_at_stop(row, stops)
+        seqs.append(kept)
+        finished.append(done)
+        if step_lp is not None:
+            lps.append(step_lp[i][: len(kept)])
+    texts = bb.tokenizer.batch_decode(seqs, skip_special_tokens=True)
+    return Generation(
+        sequences=seqs, texts=texts, finished=finished, logprobs=lps if step_lp is not None else None
+    )
+
+
+@contextmanager
+def own_generation_config(model: Any) -> Iterator[None]:
+    # A hub checkpoint's generation_config (top_k=20, temperature=0.7, ...) would fill every field
+    # we leave unset; swap in an empty one so only our explicit settings apply.
+    saved = model.generation_config
+    model.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        model.generation_config = saved
+
+
+def never_sample(model: Any, tokenizer: Any) -> torch.Tensor:
+    """Ids generation must never produce: image/video placeholders and vision markers, and the
+    embedding rows past the tokenizer (padding the model only)."""
+    ids = set()
+    for name in (
+        "image_token_id",
+        "video_token_id",
+        "vision_start_token_id",
+        "vision_end_token_id",
+        "image_token_index",
+    ):
+        value = config_value(model.config, name)
+        if value is not None:
+            ids.add(int(value))
+    vocab = model.get_input_embeddings().num_embeddings
+    ids.update(range(len(tokenizer), vocab))
+    return torch.tensor(sorted(ids), dtype=torch.long)

@@ -8,7 +8,7 @@ task mix stays fixed. The per-sample definitions are in ``mgsd.scoring.plans``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -162,3 +162,29 @@ def print_metrics(m: dict) -> None:
         print(f"{name:<24}{v['n']:>6}" + "".join(f"{100 * v[k]:>11.1f}" for k in keys))
     lo, hi = m["macro"]["ci"]["success"]
     print(f"macro success 95% CI: [{100 * lo:.1f}, {100 * hi:.1f}]")
+
+
+def stratified_ci(groups: Sequence[np.ndarray], n_boot: int, rng: np.random.Generator) -> list[float]:
+    """95% percentile bootstrap CI of the pooled mean, resampling within each group (level mix fixed)."""
+    total = sum(len(g) for g in groups)
+    reps = np.zeros(n_boot)
+    for g in groups:
+        reps += g[rng.integers(0, len(g), size=(n_boot, len(g)))].sum(axis=1)
+    lo, hi = np.percentile(reps / total, [2.5, 97.5])
+    return [float(lo), float(hi)]
+
+
+def stratified_rate(
+    rows: Sequence[Mapping[str, Any]], n_boot: int, rng: np.random.Generator
+) -> Callable[[Callable[[Mapping[str, Any]], Any]], tuple[float, list[float]]]:
+    """``rate(value)``: the mean of ``float(value(row))`` over ``rows`` and its 95% CI resampled within
+    (task, level) cells (in order of first appearance); each call draws from ``rng``."""
+    cells: dict[tuple[str, int], list[Mapping[str, Any]]] = {}
+    for r in rows:
+        cells.setdefault((r["task"], int(r["level"])), []).append(r)
+
+    def rate(value: Callable[[Mapping[str, Any]], Any]) -> tuple[float, list[float]]:
+        groups = [np.array([float(value(r)) for r in c], dtype=np.float64) for c in cells.values()]
+        return float(np.concatenate(groups).mean()), stratified_ci(groups, n_boot, rng)
+
+    return rate
