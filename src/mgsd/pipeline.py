@@ -483,10 +483,10 @@ def reconcile(out: Path, settings: dict[str, Any], *, redo: bool) -> None:
 def evaluate_all(
     cfg: PipelineConfig, run: Run, models: dict[str, Path], data: Path, ext: dict[str, Path]
 ) -> None:
-    from mgsd.eval.backends import GenerationConfig
+    from mgsd.backends.base import GenerationConfig
+    from mgsd.backends.local import LocalBackend
     from mgsd.eval.gap import evaluate_gap
     from mgsd.eval.gates import teacher_competence
-    from mgsd.eval.local import LocalBackend
     from mgsd.eval.model import evaluate_model
 
     gen = GenerationConfig(max_new_tokens=cfg.eval_max_new_tokens)
