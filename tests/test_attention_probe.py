@@ -5,15 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mgsd.eval.attention import _cell_mask, object_attention
+from mgsd.eval.attention import object_attention
 from mgsd.models import Backbone, init_tiny
+from mgsd.models.positions import cell_mask
 
 
 def test_cell_mask_picks_the_tokens_whose_centre_lies_in_the_cell() -> None:
-    m = _cell_mask(64, 4, (1, 2)).view(8, 8)  # 8x8 tokens over a 4x4 grid: 2x2 tokens per cell
+    m = cell_mask(8, 8, 4, 4, (1, 2)).view(8, 8)  # 8x8 tokens over a 4x4 grid: 2x2 tokens per cell
     assert m.sum() == 4 and m[2:4, 4:6].all()
-    assert _cell_mask(64, 8, (7, 0)).view(8, 8)[7, 0] and _cell_mask(64, 8, (7, 0)).sum() == 1
-    assert sum(_cell_mask(64, 3, (r, c)).sum() for r in range(3) for c in range(3)) == 64
+    assert cell_mask(8, 8, 8, 8, (7, 0)).view(8, 8)[7, 0] and cell_mask(8, 8, 8, 8, (7, 0)).sum() == 1
+    assert sum(cell_mask(8, 8, 3, 3, (r, c)).sum() for r in range(3) for c in range(3)) == 64
 
 
 def test_object_attention_reports_normalised_statistics_per_layer_and_head(tmp_path) -> None:

@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from mgsd.train.grounding import AttentionTap, cell_mask, grid_size, grounding_loss, token_cells
+from mgsd.models.positions import cell_mask
+from mgsd.train.grounding import AttentionTap, grid_size, grounding_loss, token_cells
 
 
 def test_coordinates_and_glyph_rows_name_their_cells():

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from mgsd.data.scenes import generate_scene, scene_image, scene_question
+from mgsd.models.positions import cell_mask
 from mgsd.scoring.perception import parse_section
 
 
@@ -30,16 +31,6 @@ def _where_asks(n: int, seed: int) -> list[tuple[dict[str, Any], str, tuple[int,
                 asks.append((scene, prompt, parse_section("position", target)))
                 break
     return asks
-
-
-def _cell_mask(n_tokens: int, size: int, cell: tuple[int, int]) -> torch.Tensor:
-    """Which of a square grid of ``n_tokens`` merged tokens have their centre in ``cell`` of a
-    ``size`` x ``size`` scene (the image is square, so the token grid is too)."""
-    side = math.isqrt(n_tokens)
-    centre = (torch.arange(side) + 0.5) / side  # in [0, 1)
-    rows = (centre * size).floor().long() == cell[0]
-    cols = (centre * size).floor().long() == cell[1]
-    return (rows[:, None] & cols[None, :]).flatten()
 
 
 @torch.no_grad()
@@ -72,7 +63,8 @@ def object_attention(backbone: Any, n: int = 32, seed: int = 4444) -> dict[str, 
             mass = w.sum(-1)
             q = w / mass.clamp_min(1e-12)[:, None]
             entropy = -(q * q.clamp_min(1e-12).log()).sum(-1) / math.log(len(image))
-            on = _cell_mask(len(image), scene["size"], cell)
+            side = math.isqrt(len(image))  # the scene image is square, so is its token grid
+            on = cell_mask(side, side, scene["size"], scene["size"], cell)
             stats.append(
                 torch.stack([mass, entropy, q[:, on].sum(-1), torch.full_like(mass, on.float().mean())])
             )

@@ -47,3 +47,11 @@ def position_ids(
     else:
         vision = text.unsqueeze(0).expand(3, -1, -1)
     return torch.cat([text.unsqueeze(0), vision.to(text.device)], dim=0)
+
+
+def cell_mask(grid_h: int, grid_w: int, rows: int, cols: int, cell: tuple[int, int]) -> torch.Tensor:
+    """Which of a ``grid_h x grid_w`` grid of merged visual tokens (row-major, as the image is laid
+    out) have their centre in ``cell`` of a full-bleed ``rows x cols`` grid drawing."""
+    r = ((torch.arange(grid_h) + 0.5) / grid_h * rows).floor().long() == cell[0]
+    c = ((torch.arange(grid_w) + 0.5) / grid_w * cols).floor().long() == cell[1]
+    return (r[:, None] & c[None, :]).flatten()

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mgsd.models.positions import cell_mask
 from mgsd.tasks.maze import GLYPHS
 
 _SIZE = re.compile(r"(?:^|\n)(?:map_)?size: (\d+)x(\d+)")
@@ -61,14 +62,6 @@ def token_cells(pieces: Sequence[str]) -> list[tuple[int, int] | None]:
         else:
             row = 0
     return cells
-
-
-def cell_mask(grid_h: int, grid_w: int, rows: int, cols: int, cell: tuple[int, int]) -> torch.Tensor:
-    """Which of a ``grid_h x grid_w`` grid of merged visual tokens (row-major) have their centre in
-    ``cell`` of a full-bleed ``rows x cols`` grid drawing."""
-    r = ((torch.arange(grid_h) + 0.5) / grid_h * rows).floor().long() == cell[0]
-    c = ((torch.arange(grid_w) + 0.5) / grid_w * cols).floor().long() == cell[1]
-    return (r[:, None] & c[None, :]).flatten()
 
 
 class AttentionTap:
