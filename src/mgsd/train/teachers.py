@@ -59,20 +59,9 @@ class AdapterOffTeacher(Teacher):
             )
 
 
-class LiveTeacher(Teacher):
-    """``live``: the policy scores its own tokens (no gradient flows through the target)."""
-
-    def __init__(self, student: Backbone, logit_chunk: int) -> None:
-        self.student, self.logit_chunk = student, logit_chunk
-
-    def logprobs(self, ctx: Context, responses: list[list[int]], full_vocab: bool) -> TokenLogProbs:
-        return self.student.token_logprobs(
-            ctx, responses, full_vocab=full_vocab, logit_chunk=self.logit_chunk
-        )
-
-
-class FrozenTeacher(Teacher):
-    """``init`` / ``path``: a separate frozen Backbone."""
+class ModelTeacher(Teacher):
+    """``live`` (the student itself: no gradient flows through the target), ``init`` / ``path`` (a
+    separate frozen Backbone): a Backbone that scores the tokens directly."""
 
     def __init__(self, model: Backbone, logit_chunk: int) -> None:
         self.model, self.logit_chunk = model, logit_chunk
@@ -81,7 +70,7 @@ class FrozenTeacher(Teacher):
         return self.model.token_logprobs(ctx, responses, full_vocab=full_vocab, logit_chunk=self.logit_chunk)
 
 
-class EMATeacher(FrozenTeacher):
+class EMATeacher(ModelTeacher):
     """``ema``: a frozen copy of the student whose weights follow ``decay * teacher + (1 - decay) *
     student`` after every step (full fine-tuning only: the names of the student's trainable
     parameters are the teacher's)."""
@@ -113,7 +102,7 @@ def make_teacher(cfg: TrainConfig, student: Backbone, device: torch.device | str
     """The teacher ``cfg.opsd.teacher`` names, checked against the student it will score."""
     kind, chunk = cfg.opsd.teacher, cfg.logit_chunk
     if kind == "live":
-        return LiveTeacher(student, chunk)
+        return ModelTeacher(student, chunk)
     if kind == "base":
         if not student.has_lora:
             raise ValueError(
@@ -139,4 +128,4 @@ def make_teacher(cfg: TrainConfig, student: Backbone, device: torch.device | str
         raise ValueError("the teacher's tokenizer differs from the student's: it cannot score its tokens")
     if kind == "ema":
         return EMATeacher(model, chunk, cfg.opsd.ema_decay)
-    return FrozenTeacher(model, chunk)
+    return ModelTeacher(model, chunk)
