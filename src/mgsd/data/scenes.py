@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Sequence
 from typing import Any
 
 from PIL import Image, ImageDraw
@@ -117,8 +118,11 @@ def scene_target(scene: dict[str, Any]) -> str:
 QUESTION_KINDS = ("where", "what", "colour", "size")
 
 
-def scene_question(scene: dict[str, Any], key: int) -> tuple[str, str, str]:
-    """One short question about ``scene`` and its answer, ``(kind, prompt, target)``, chosen by ``key``.
+def scene_question(
+    scene: dict[str, Any], key: int, kinds: Sequence[str] = QUESTION_KINDS
+) -> tuple[str, str, str]:
+    """One short question about ``scene`` and its answer, ``(kind, prompt, target)``, chosen by ``key``
+    among ``kinds`` (a subset of ``QUESTION_KINDS``).
 
     Why: a whole description asks the LM to find every object and list it in one go; a tiny LM
     trained only on that writes the same generic lines for every picture. A single question is one
@@ -126,7 +130,10 @@ def scene_question(scene: dict[str, Any], key: int) -> tuple[str, str, str]:
     built from; a pretrained VLM has answered millions of them.
     """
     n, objects = scene["size"], scene["objects"]
-    kinds = [k for k in QUESTION_KINDS if k != "colour" or scene.get("fills")]
+    unknown = sorted(set(kinds) - set(QUESTION_KINDS))
+    if unknown or not kinds:
+        raise ValueError(f"question kinds must be a non-empty subset of {QUESTION_KINDS}, got {list(kinds)}")
+    kinds = [k for k in kinds if k != "colour" or scene.get("fills")] or ["size"]
     kind = kinds[key % len(kinds)] if objects else "size"
     key //= len(kinds)
     if kind == "where":

@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
+from mgsd.data.scenes import QUESTION_KINDS
+
 Objective = Literal["perception", "plan", "symbolic", "opsd", "pretrain"]
 
 
@@ -98,6 +100,8 @@ class TrainConfig:
     # Pretraining only: this share of the scene rows (by a hash of the row id) is posed as one short
     # question (where is X, what is in cell C, which cells are Y, size) instead of the whole description.
     scene_questions: float = 0.0
+    # ... of these kinds only (data/scenes.py QUESTION_KINDS; empty: all of them).
+    question_kinds: list[str] = field(default_factory=list)
     # SFT on images: weight of the attention grounding loss (train/grounding.py). Each target token
     # that names a cell asks head 0 of each ``grounding_layers`` layer, at the position predicting it,
     # to attend to that cell's image tokens. The model then runs eager attention (to see the weights).
@@ -152,6 +156,9 @@ def validate(cfg: TrainConfig) -> None:
     _number("dense_weight", cfg.dense_weight, 0)
     _number("replay_symbolic", cfg.replay_symbolic, 0, 1)
     _number("scene_questions", cfg.scene_questions, 0, 1)
+    unknown = sorted(set(cfg.question_kinds) - set(QUESTION_KINDS))
+    if unknown:
+        raise ValueError(f"question_kinds: unknown {unknown}; choose from {list(QUESTION_KINDS)}")
     if cfg.scene_questions > 0 and cfg.objective != "pretrain":
         raise ValueError(f"scene_questions is for the pretrain objective, not {cfg.objective!r}")
     _integer("logit_chunk", cfg.logit_chunk, 0)

@@ -11,7 +11,7 @@ from typing import Any
 from PIL import Image
 
 from mgsd.data.io import decode_image
-from mgsd.data.scenes import SCENE_TASK, scene_prompt, scene_question, scene_target
+from mgsd.data.scenes import QUESTION_KINDS, SCENE_TASK, scene_prompt, scene_question, scene_target
 from mgsd.prompts import (
     perception_prompt,
     perception_target,
@@ -50,6 +50,7 @@ def build_examples(
     teacher_prompts: bool = True,
     replay_symbolic: float = 0.0,
     scene_questions: float = 0.0,
+    question_kinds: Sequence[str] = QUESTION_KINDS,
 ) -> list[Example]:
     """Examples for ``objective``: ``perception`` (image -> facts block), ``plan`` (image ->
     reasoned plan), ``symbolic`` (text state -> reasoned plan), ``opsd`` (image prompt + privileged
@@ -58,7 +59,7 @@ def build_examples(
     ``symbolic`` example in the plain text-student form (for validation). ``replay_symbolic``: the
     share of ``perception`` / ``plan`` rows posed as text-student ``symbolic`` examples instead;
     ``scene_questions``: the share of scene rows posed as one short question instead of the whole
-    description."""
+    description, of one of ``question_kinds``."""
     out = []
     for r in rows:
         if r["task"] == SCENE_TASK:
@@ -66,7 +67,9 @@ def build_examples(
                 raise ValueError(f"scene rows ({r['id']}) only serve the pretrain objective")
             scene = json.loads(r["state"])
             if scene_questions > 0 and _share(r["id"]) < scene_questions:
-                _, prompt, target = scene_question(scene, zlib.crc32(b"ask:" + r["id"].encode()))
+                _, prompt, target = scene_question(
+                    scene, zlib.crc32(b"ask:" + r["id"].encode()), question_kinds
+                )
             else:
                 prompt, target = scene_prompt(scene), scene_target(scene)
             out.append(

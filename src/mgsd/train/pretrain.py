@@ -67,6 +67,7 @@ class PretrainConfig:
     dense_weight: float = 0.0  # the dense per-token grounding loss on scenes (train/dense.py)
     scene_weight: int = 1  # scene images' share of the updates, against 1 for each task
     scene_questions: float = 0.0  # share of scene rows posed as one short question (data/scenes.py)
+    question_kinds: list[str] = field(default_factory=list)  # ... of these kinds (empty: all)
     grounding_weight: float = 0.0  # the attention grounding loss on image rows (train/grounding.py)
     eval_every: int = 1000
     save_every: int = 200
@@ -157,6 +158,7 @@ def train_settings(cfg: PretrainConfig, model: Path, out: Path, data: Path) -> d
         },
         "dense_weight": cfg.dense_weight,
         "scene_questions": cfg.scene_questions,
+        "question_kinds": list(cfg.question_kinds),
         "grounding_weight": cfg.grounding_weight,
         "task_weights": {SCENE_TASK: cfg.scene_weight} if cfg.scene_weight != 1 else {},
         "lora": {"r": 0, "train_vision": True},  # the whole model: ViT, merger and LM

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from mgsd.config import to_dict
 from mgsd.data.io import read_rows
+from mgsd.data.scenes import QUESTION_KINDS
 from mgsd.files import write_json
 from mgsd.models.backbone import Backbone
 from mgsd.models.logprobs import TokenLogProbs, logprob_gap
@@ -146,6 +147,7 @@ class Trainer:
             privileged=cfg.opsd.privileged,
             replay_symbolic=cfg.replay_symbolic,
             scene_questions=cfg.scene_questions,
+            question_kinds=cfg.question_kinds or QUESTION_KINDS,
         )
         if not self.train:
             raise ValueError("the training data is empty")
