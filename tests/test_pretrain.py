@@ -104,6 +104,26 @@ def test_scene_questions_share_replaces_descriptions_only_for_scene_rows():
     )
 
 
+def test_question_kinds_restrict_the_questions_asked():
+    import pytest
+
+    from mgsd.train.config import TrainConfig
+
+    rows = scene_rows(40, seed=0, progress=False)
+    asked = build_examples(rows, "pretrain", scene_questions=1.0, question_kinds=("where",))
+    with_objects = [a for a in asked if json.loads(a.state)["objects"]]
+    assert with_objects and all(a.prompt.startswith("Where is the ") for a in with_objects)
+    # a scene with no object can only be asked its size
+    assert all(a.target.endswith("x" + a.target.split("x")[0]) for a in asked if a not in with_objects)
+    scene = generate_scene(random.Random(0))
+    kinds = {scene_question(scene, k, ("where", "what"))[0] for k in range(8)}
+    assert kinds == {"where", "what"}
+    with pytest.raises(ValueError, match="question kinds"):
+        scene_question(scene, 0, ("where", "shape"))
+    with pytest.raises(ValueError, match="question_kinds"):
+        TrainConfig(objective="pretrain", scene_questions=0.5, question_kinds=["colours"])
+
+
 def test_balanced_order_gives_every_task_an_equal_share_and_depends_on_the_objective():
     groups = [list(range(0, 60)), list(range(60, 80)), list(range(80, 85))]
     order = epoch_order(85, "0/pretrain/0", groups)
