@@ -156,6 +156,32 @@ def test_cli_preset_names_match_the_presets():
     assert sorted(PRESET_NAMES) == sorted(PRESETS)
 
 
+def test_paper_shape_preset_has_qwen3_vl_4b_widths(tiny_dir: Path) -> None:
+    """Built on the meta device (no weights): the shapes a 4B user's run goes through."""
+    from transformers import Qwen3VLForConditionalGeneration
+
+    from mgsd.models.tiny import PRESETS, Dims, qwen_vl_config
+
+    tok = Backbone.load(tiny_dir, device="cpu").tokenizer
+    cfg = qwen_vl_config("qwen3_vl", PRESETS["paper-4b"], tok)
+    text, vision = cfg.text_config, cfg.vision_config
+    assert (text.hidden_size, text.intermediate_size, text.vocab_size) == (2560, 9728, 151_936)
+    assert (text.num_attention_heads, text.num_key_value_heads, text.head_dim) == (32, 8, 128)
+    assert text.rope_parameters["mrope_section"] == [24, 20, 20]  # Qwen3-VL's split of a 128 head
+    assert text.rope_parameters["rope_theta"] == 5_000_000.0
+    assert (vision.hidden_size, vision.intermediate_size, vision.num_heads) == (1024, 4096, 16)
+    assert (vision.num_position_embeddings, vision.out_hidden_size) == (2304, 2560)
+    assert len(vision.deepstack_visual_indexes) == 3 and max(vision.deepstack_visual_indexes) < vision.depth
+    with torch.device("meta"):
+        model = Qwen3VLForConditionalGeneration(cfg)
+    assert model.lm_head.weight.shape == (151_936, 2560)
+    assert 0.8e9 < sum(p.numel() for p in model.parameters()) < 0.9e9
+    # the tiny tokenizer leaves rows past its size unused, as Qwen's own does; too few rows is refused
+    small = Dims(64, 1, 2, 1, 128, 32, 1, 2, 64, vocab_rows=8, head_dim=32)
+    with pytest.raises(ValueError, match="vocab_rows"):
+        qwen_vl_config("qwen3_vl", small, tok)
+
+
 def test_coordinate_embeddings_start_as_row_plus_column(tiny_dir: Path) -> None:
     bb = Backbone.load(tiny_dir, device="cpu")
     emb = bb.model.get_input_embeddings().weight

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 # Kept in sync with mgsd.models.tiny.PRESETS (a test checks); not imported to keep the CLI fast.
-PRESET_NAMES = ("small", "tiny")
+PRESET_NAMES = ("paper-4b", "small", "tiny")
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:

@@ -67,11 +67,38 @@ class Dims:
     deepstack: tuple[int, ...] = field(default=())  # Qwen3-VL only
     min_pixels: int = 256 * 256
     max_pixels: int = 512 * 512
+    # Embedding / head rows; None: the tokenizer's size rounded up to 64. Rows past the tokenizer
+    # are never produced by a trained model (Qwen's own 151,936 rows exceed its 151,669 tokens).
+    vocab_rows: int | None = None
+    rope_theta: float = 10_000.0
+    vision_positions: int = 256  # the ViT's learned position table (a 16x16 patch grid at 256 px)
 
 
 PRESETS: dict[str, Dims] = {
     "tiny": Dims(256, 4, 4, 2, 768, 128, 4, 4, 512, vocab=2048, head_dim=64, deepstack=(1, 2)),
     "small": Dims(384, 8, 6, 2, 1152, 192, 6, 6, 768, vocab=4096, head_dim=64, deepstack=(1, 3, 5)),
+    # Qwen3-VL-4B-Instruct's exact widths (text: hidden 2560, 32 heads of 128, 8 KV heads, MLP 9728,
+    # 151,936 rows, rope 5e6; vision: hidden 1024, 16 heads, MLP 4096, 2304 positions, three
+    # deepstack mergers) with its 36 + 24 layers cut to 3 + 4, so that the real shapes go through
+    # every code path on a CPU (about 0.85B parameters, 3.4 GB in fp32). Random weights: it cannot
+    # plan; it is for memory and shape checks (benchmarks/bench_paper_shape.py).
+    "paper-4b": Dims(
+        2560,
+        3,
+        32,
+        8,
+        9728,
+        1024,
+        4,
+        16,
+        4096,
+        vocab=2048,
+        head_dim=128,
+        deepstack=(1, 2, 3),
+        vocab_rows=151_936,
+        rope_theta=5_000_000.0,
+        vision_positions=2304,
+    ),
 }
 
 
@@ -91,7 +118,9 @@ def _token_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
 def qwen_vl_config(family: str, dims: Dims, tokenizer: PreTrainedTokenizerBase) -> PretrainedConfig:
     """A Qwen2-VL, Qwen2.5-VL or Qwen3-VL config of the given size, wired to ``tokenizer``."""
     ids = _token_ids(tokenizer)
-    vocab = math.ceil(len(tokenizer) / 64) * 64  # a round size; rows past len(tokenizer) are never produced
+    vocab = dims.vocab_rows or math.ceil(len(tokenizer) / 64) * 64  # rows past len(tokenizer): never produced
+    if vocab < len(tokenizer):
+        raise ValueError(f"vocab_rows {vocab} is below the tokenizer's {len(tokenizer)} tokens")
     head_dim = dims.head_dim or dims.hidden // dims.heads
     text: dict[str, Any] = dict(
         vocab_size=vocab,
@@ -108,8 +137,8 @@ def qwen_vl_config(family: str, dims: Dims, tokenizer: PreTrainedTokenizerBase) 
             "rope_type": "default",
             # Qwen's 1e6 / 5e6 suit 32k+ contexts; with head_dim 64 they leave only a few rotary
             # frequencies that resolve neighbouring tokens, which a model trained from scratch on
-            # ~500-token sequences needs for copying. 1e4 is the classic choice at this length.
-            "rope_theta": 10_000.0,
+            # ~500-token sequences needs for copying. 1e4 (the default) is the classic choice there.
+            "rope_theta": dims.rope_theta,
             "mrope_section": _mrope_section(head_dim),
         },
     )
@@ -132,7 +161,7 @@ def qwen_vl_config(family: str, dims: Dims, tokenizer: PreTrainedTokenizerBase) 
             patch_size=16,
             spatial_merge_size=2,
             temporal_patch_size=2,
-            num_position_embeddings=256,  # a 16x16 patch grid: exactly a 256 px image
+            num_position_embeddings=dims.vision_positions,
             deepstack_visual_indexes=list(dims.deepstack),
         )
         return Qwen3VLConfig(text_config=text, vision_config=vision, **top)
@@ -250,7 +279,8 @@ def init_model_dir(
 def init_tiny(
     out_dir: str | Path, preset: str = "tiny", corpus: Iterable[str] | None = None, seed: int = 0
 ) -> Path:
-    """Create the offline Qwen3-VL ``tiny`` (~5.6M) or ``small`` (~20M) preset in ``out_dir``."""
+    """Create an offline Qwen3-VL preset in ``out_dir``: ``tiny`` (~5.6M), ``small`` (~20M) or
+    ``paper-4b`` (Qwen3-VL-4B's widths, few layers, ~0.85B)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
     return init_model_dir(out_dir, "qwen3_vl", PRESETS[preset], corpus=corpus, seed=seed)
