@@ -84,6 +84,9 @@ class TrainConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     opsd: OPSDConfig = field(default_factory=OPSDConfig)
     log_every: int = 1
+    # accelerate trackers beside log.jsonl: "tensorboard", "wandb" (empty: none). One asked for and
+    # not installed stops the run before it starts.
+    trackers: list[str] = field(default_factory=list)
     eval_every: int = 0  # steps; 0 = only at the end
     val_samples: int = 64
     save_every: int = 50  # steps between resumable checkpoints

@@ -48,7 +48,7 @@ from mgsd.train.examples import Example, build_examples
 from mgsd.train.optim import build_optimizer, learning_rate, sync_gradients
 from mgsd.train.resume import check_resume, fingerprint
 from mgsd.train.rollouts import rollout, rollout_logs
-from mgsd.train.run_log import RunLog
+from mgsd.train.run_log import RunLog, check_trackers
 from mgsd.train.sft import make_dense, make_grounding, sft_step
 from mgsd.train.teachers import Teacher, make_teacher
 from mgsd.train.validation import VAL_OBJECTIVE, validate
@@ -71,8 +71,11 @@ class Trainer:
                 raise ValueError(f"config: {key} is required ({what})")
         if not cfg.train_data:
             raise ValueError("config: train_data is required (one or more dataset directories)")
+        check_trackers(cfg.trackers)
         self.cfg = cfg
-        self.acc = Accelerator(cpu=not torch.cuda.is_available())
+        self.acc = Accelerator(
+            cpu=not torch.cuda.is_available(), log_with=cfg.trackers or None, project_dir=cfg.out
+        )
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         if cfg.batch_size % self.world:
             raise ValueError(f"batch_size {cfg.batch_size} is not divisible by {self.world} processes")
@@ -108,7 +111,7 @@ class Trainer:
                 self.teacher.load_state(extra)
         if self.acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
-        self.log = RunLog(self.out, main=self.acc.is_main_process, step=self.step)
+        self.log = RunLog(self.out, acc=self.acc, step=self.step, config=to_dict(cfg))
         if self.acc.is_main_process:
             write_json(to_dict(cfg), self.out / "config.json")
 
