@@ -48,6 +48,11 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         return [_convert(v, inner, key) for v in value]
+    if origin in (dict, Mapping):
+        (_, inner) = typing.get_args(tp) or (str, Any)
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return {str(k): _convert(v, inner, f"{key}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
@@ -85,7 +90,12 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
 
 
 def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
-    """Build dataclass ``cls`` from a mapping; unknown keys are an error naming them."""
+    """Build dataclass ``cls`` from a mapping; unknown keys are an error naming them.
+
+    A dataclass may define ``upgrade_keys(data) -> data`` to read the keys of its older versions."""
+    upgrade = getattr(cls, "upgrade_keys", None)
+    if callable(upgrade):
+        data = upgrade(data)
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - names)
