@@ -19,7 +19,16 @@ from typing import Any, ClassVar
 
 from PIL import Image, ImageDraw
 
-from mgsd.tasks.base import MOVE_WORDS, MOVES, Cell, PerceptionItem, Task, Transition
+from mgsd.tasks.base import (
+    MOVE_WORDS,
+    MOVES,
+    Cell,
+    PerceptionItem,
+    PromptWording,
+    Task,
+    Transition,
+    VocabularyHints,
+)
 
 MIN_SIZE, MAX_SIZE = 3, 32
 TABLE_ROWS, TABLE_COLS = 2, 3
@@ -114,6 +123,22 @@ class MiniBehaviour(Task):
     levels: ClassVar[tuple[int, ...]] = (5, 6)
     actions: ClassVar[tuple[str, ...]] = ("U", "D", "L", "R", "PICK", "DROP")
     plan_separator: ClassVar[str] = ","
+    wording: ClassVar[PromptWording] = PromptWording(
+        legend=(
+            "The red triangle is the agent, the white icon the printer, the tan 2x3 block the table; "
+            "black cells are floor."
+        ),
+        goal="Go next to the printer, PICK it up, go next to the table and DROP it.",
+        rules=(
+            "Moves: U, D, L, R, one cell each. PICK needs the printer next to you; DROP needs the table next "
+            "to you while carrying. Table cells are never entered; the printer cell is blocked until PICK."
+        ),
+        answer_format="comma-separated, e.g. <answer>L,PICK,D,R,DROP</answer>",
+        restate="table cells",
+    )
+    vocabulary: ClassVar[VocabularyHints] = VocabularyHints(
+        letters=("A", "P", "T"), words=("agent", "printer", "table")
+    )
 
     # -- instances -------------------------------------------------------------------------
     def validate(self, state: dict[str, Any]) -> dict[str, Any]:
@@ -236,6 +261,10 @@ class MiniBehaviour(Task):
                 return Transition(sim, invalid="drop_not_adjacent_to_table")
             return Transition(sim, success=True)
         return Transition(sim, invalid=f"unknown_action:{action}")
+
+    def env_info(self, sim: Hashable, success: bool) -> dict[str, Any]:
+        # The simulator's flag means "picked up"; after the final DROP nothing is carried.
+        return {"carrying": bool(sim[2]) and not success}  # type: ignore[index]
 
     def state_at(self, state: dict[str, Any], sim: Hashable) -> dict[str, Any]:
         """A drawable state of the situation ``sim``: the agent at its current cell and, once the
