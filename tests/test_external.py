@@ -446,7 +446,7 @@ def test_hand_written_plans_agree_with_an_independent_solver_on_every_imported_r
 
 
 def test_run_checks_external_sets_before_any_training(shared_data, tmp_path, monkeypatch):
-    import mgsd.pipeline as pipeline
+    import mgsd.pipeline.run as pipeline  # the module whose build_data and train_stage run_pipeline calls
 
     def fail(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("data generation or training started before the external sets were checked")

@@ -86,12 +86,12 @@ def test_pipeline_settings_refused_before_work():
     with pytest.raises(ConfigError, match=r"^data: test_per_task and train_per_level must be at least 1"):
         load_config(PipelineConfig, None, ["data.test_per_task=0"])
 
-    from mgsd.pipeline import _stages, check_settings
+    from mgsd.pipeline import RunLayout, check_settings, training_stages
 
     for bad, match in (("stage2.lr=inf", r"stage 2.*optim\.lr"), ("data.maze_levels=6-3", "empty level")):
         cfg = load_config(PipelineConfig, None, [bad])
         with pytest.raises(ValueError, match=match):
-            check_settings(cfg, _stages(cfg, Path("m"), Path("base")))
+            check_settings(cfg, training_stages(cfg, RunLayout(Path(".")), Path("base")))
 
 
 def test_changed_keys_names_old_and_new():

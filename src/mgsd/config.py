@@ -41,13 +41,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         if value not in typing.get_args(tp):
             raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, typing.get_args(tp)))}")
         return value
-    if origin in (list, tuple, Sequence):
-        (inner, *_) = typing.get_args(tp) or (Any,)
-        if isinstance(value, str):
-            value = [v for v in value.split(",") if v]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        return [_convert(v, inner, key) for v in value]
+    if origin in (list, tuple, Sequence, dict, Mapping):
+        return _convert_collection(value, tp, key)
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
@@ -84,8 +79,28 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
+def _convert_collection(value: Any, tp: Any, key: str) -> Any:
+    """A list (from a YAML list or ``a,b`` text) or a mapping ``{key: value}`` of ``tp``'s item type."""
+    if typing.get_origin(tp) in (dict, Mapping):
+        (_, inner) = typing.get_args(tp) or (str, Any)
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return {str(k): _convert(v, inner, f"{key}.{k}") for k, v in value.items()}
+    (inner, *_) = typing.get_args(tp) or (Any,)
+    if isinstance(value, str):
+        value = [v for v in value.split(",") if v]
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{key}: expected a list, got {value!r}")
+    return [_convert(v, inner, key) for v in value]
+
+
 def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
-    """Build dataclass ``cls`` from a mapping; unknown keys are an error naming them."""
+    """Build dataclass ``cls`` from a mapping; unknown keys are an error naming them.
+
+    A dataclass may define ``upgrade_keys(data) -> data`` to read the keys of its older versions."""
+    upgrade = getattr(cls, "upgrade_keys", None)
+    if callable(upgrade):
+        data = upgrade(data)
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - names)

@@ -1,6 +1,7 @@
 """Gymnasium environments over the planning tasks: one episode = one instance, image observations.
 
-Importing this module registers ``mgsd/FrozenLake-v0``, ``mgsd/Maze-v0`` and ``mgsd/MiniBehaviour-v0``,
+Importing this module registers ``mgsd/FrozenLake-v0``, ``mgsd/Maze-v0``, ``mgsd/MiniBehaviour-v0`` (one
+``mgsd/<Title>-v0`` per registered task),
 so ``gymnasium.make("mgsd.envs:mgsd/Maze-v0", level=4)`` works without an explicit import. (Gymnasium
 1.x no longer reads the ``gymnasium.envs`` entry-point group that pyproject.toml declares.)
 
@@ -19,24 +20,28 @@ import numpy as np
 from gymnasium import spaces
 from PIL import Image, ImageDraw
 
-from mgsd.tasks import get_task
+from mgsd.tasks import TASK_NAMES, get_task, task_names
 
-ENV_IDS: dict[str, str] = {
-    "frozenlake": "mgsd/FrozenLake-v0",
-    "maze": "mgsd/Maze-v0",
-    "minibehaviour": "mgsd/MiniBehaviour-v0",
-}
+
+def env_id(task: str) -> str:
+    """``mgsd/<Title>-v0``: the gymnasium id of a registered task."""
+    return f"mgsd/{get_task(task).title}-v0"
+
+
+# The built-in tasks' ids; ``register_envs`` registers every task in the registry at the time.
+ENV_IDS: dict[str, str] = {name: env_id(name) for name in TASK_NAMES}
 # Moving without ever acting illegally can go on forever (MiniBehaviour, open FrozenLake maps).
 MAX_EPISODE_STEPS = 100
 _MARKER = (255, 0, 255)
 
 
 def register_envs() -> None:
-    """Register the three environments with gymnasium (safe to call more than once)."""
-    for task, env_id in ENV_IDS.items():
-        if env_id not in gymnasium.registry:
+    """Register an environment of every registered task with gymnasium (safe to call more than
+    once; call it again after ``mgsd.tasks.register_task``)."""
+    for task in task_names():
+        if env_id(task) not in gymnasium.registry:
             gymnasium.register(
-                id=env_id,
+                id=env_id(task),
                 entry_point="mgsd.envs:PlanningEnv",
                 kwargs={"task": task},
                 max_episode_steps=MAX_EPISODE_STEPS,
@@ -156,9 +161,7 @@ class PlanningEnv(gymnasium.Env):
             "steps": self._steps,
             "success": success,
         }
-        if self.task.name == "minibehaviour":
-            # The simulator's flag means "picked up"; after the final DROP nothing is carried.
-            info["carrying"] = bool(self._sim[2]) and not success  # type: ignore[index]
+        info.update(self.task.env_info(self._sim, success))
         return info
 
     def _observe(self) -> np.ndarray:

@@ -4,13 +4,15 @@ Coordinates such as ``(3,1)``, ``<answer>`` tags and ``NxN`` sizes are split by 
 pre-tokenizer (digits and punctuation become separate pieces), so BPE alone could never merge them:
 they are added tokens. Words (``PICK``, ``up``, grid words) are learnt by BPE instead: the built-in
 corpus repeats them, which keeps them whole without the side effects of added tokens inside
-longer words. Nothing here knows about tasks: callers pass their own texts as ``corpus``.
+longer words. The tasks' own pieces (action names, letters, nouns, glyphs) are their vocabulary hints
+(``Task.vocabulary``), collected from the task registry; callers pass their own texts as ``corpus``.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
@@ -31,26 +33,66 @@ def _coordinates() -> list[str]:
     return [f"({r},{c})" for r in range(10) for c in range(10)]
 
 
-# Added tokens: pieces the byte-level pre-tokenizer would otherwise split.
-DOMAIN_ADDED_TOKENS: tuple[str, ...] = (
-    *_coordinates(),
-    "<answer>",
-    "</answer>",
-    "PICK",
-    "DROP",
-    "<think>",
-    "</think>",
-    *(f"{n}x{n}" for n in range(1, 10)),
-    *"·╵╶╷╴│─└┌┐┘├┤┬┴┼",  # box-drawing glyphs (grids drawn as text), one token each
+# Added tokens: pieces the byte-level pre-tokenizer would otherwise split. The tasks' own pieces (action
+# names such as PICK, the maze's box-drawing glyphs) come from their vocabulary hints, in their slots.
+_ANSWER_TAGS = ("<answer>", "</answer>")
+_THINK_TAGS = ("<think>", "</think>")
+# Words BPE must learn as whole tokens (lower-case and Capitalised, with and without a leading space),
+# around the tasks' letters and nouns.
+_MOVES = ("U", "D", "L", "R")
+_MOVE_WORDS = ("up", "down", "left", "right")
+_WORDS_BEFORE_NOUNS = ("none", "yes", "no", "row", "column", "grid", "map", "size", "start", "goal", "target")
+_WORDS_AFTER_NOUNS = (
+    *("player", "cell", "cells", "open", "blocked", "legal", "image", "answer", "plan", "action", "actions"),
+    *("move", "reference", "text", "context", "task", "system", "user", "assistant"),
 )
-# Words BPE must learn as whole tokens (lower-case and Capitalised, with and without a leading space).
-_WORDS = """
-U D L R PICK DROP pick drop up down left right S F H G A P T none yes no
-row column grid map size start goal target hole holes wall walls agent printer table player cell cells
-open blocked legal image answer plan action actions move reference text context task
-system user assistant
-"""
-DOMAIN_WORDS: tuple[str, ...] = tuple(_WORDS.split())
+
+
+def _unique(items: Iterable[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(items))
+
+
+def _hints() -> list[tuple[tuple[str, ...], Any]]:
+    """(long action names, vocabulary hints) of every registered task, in registry order."""
+    from mgsd.tasks import get_task, task_names
+
+    tasks = [get_task(name) for name in task_names()]
+    return [(tuple(a for a in t.actions if len(a) > 1), t.vocabulary) for t in tasks]
+
+
+def domain_added_tokens() -> tuple[str, ...]:
+    """Coordinates, answer tags, the tasks' action names, think tags, NxN sizes, the tasks' glyphs."""
+    hints = _hints()
+    return _unique(
+        [
+            *_coordinates(),
+            *_ANSWER_TAGS,
+            *(a for actions, _ in hints for a in actions),
+            *_THINK_TAGS,
+            *(f"{n}x{n}" for n in range(1, 10)),
+            *(g for _, v in hints for g in v.glyphs),  # grids drawn as text, one token per glyph
+        ]
+    )
+
+
+def domain_words() -> tuple[str, ...]:
+    """The moves, the tasks' action names (upper and lower case), the move words, the tasks' letters,
+    the shared words and the tasks' nouns between them."""
+    hints = _hints()
+    actions = [a for acts, _ in hints for a in acts]
+    return _unique(
+        [
+            *_MOVES,
+            *actions,
+            *(a.lower() for a in actions),
+            *_MOVE_WORDS,
+            *(x for _, v in hints for x in v.letters),
+            *_WORDS_BEFORE_NOUNS,
+            *(w for _, v in hints for w in v.words),
+            *_WORDS_AFTER_NOUNS,
+        ]
+    )
+
 
 BUILTIN_CORPUS: tuple[str, ...] = (
     "You are a helpful assistant. Read the question carefully and answer it.",
@@ -75,9 +117,9 @@ BUILTIN_CORPUS: tuple[str, ...] = (
 )
 
 
-def _domain_corpus() -> Iterator[str]:
+def _domain_corpus(domain: Sequence[str]) -> Iterator[str]:
     # Repeating the domain words makes BPE merge them into single tokens early.
-    words = [*DOMAIN_WORDS, *(w.capitalize() for w in DOMAIN_WORDS if w.islower())]
+    words = [*domain, *(w.capitalize() for w in domain if w.islower())]
     for _ in range(40):
         yield " ".join(words)
         yield ",".join(words)
@@ -107,11 +149,14 @@ def build_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = 2048)
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    texts = itertools.chain(BUILTIN_CORPUS * 4, _domain_corpus(), corpus if corpus is not None else ())
+    texts = itertools.chain(
+        BUILTIN_CORPUS * 4, _domain_corpus(domain_words()), corpus if corpus is not None else ()
+    )
     tok.train_from_iterator(texts, trainer)
     # A leading-space variant lets " (3,1)" be one token instead of "Ġ" + "(3,1)".
-    added = [AddedToken(t, normalized=False) for t in DOMAIN_ADDED_TOKENS]
-    added += [AddedToken(" " + t, normalized=False) for t in DOMAIN_ADDED_TOKENS]
+    domain = domain_added_tokens()
+    added = [AddedToken(t, normalized=False) for t in domain]
+    added += [AddedToken(" " + t, normalized=False) for t in domain]
     tok.add_tokens(added)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,

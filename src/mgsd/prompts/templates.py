@@ -2,7 +2,8 @@
 
 All wording is ours. As in the reference, coordinates are 0-based (row,col), a reasoned answer restates
 the perceived state and ends in exactly one ``<answer>`` block (letters for FrozenLake/Maze,
-comma-separated actions with PICK/DROP for MiniBehaviour); in between we put one path line.
+comma-separated actions with PICK/DROP for MiniBehaviour); in between we put one path line. What the
+prompts say about one task (its legend, goal, rules and answer format) is the task's ``wording``.
 """
 
 from __future__ import annotations
@@ -12,55 +13,24 @@ from typing import Any
 
 from mgsd.tasks import MOVE_WORDS, Task
 
-IMAGE_LEGEND: dict[str, str] = {
-    "frozenlake": "The elf is the player, the gift box the goal, dark water cells are holes, ice is safe.",
-    "maze": "The yellow dot is the player, the blue dot the goal; black bands are walls.",
-    "minibehaviour": (
-        "The red triangle is the agent, the white icon the printer, the tan 2x3 block the table; "
-        "black cells are floor."
-    ),
-}
-
-GOAL: dict[str, str] = {
-    "frozenlake": "Reach the goal without stepping into a hole or off the map.",
-    "maze": "Reach the goal without crossing a wall.",
-    "minibehaviour": "Go next to the printer, PICK it up, go next to the table and DROP it.",
-}
-
-RULES: dict[str, str] = {
-    "frozenlake": "Moves: U, D, L, R, one cell each; the ice is not slippery.",
-    "maze": "Moves: U, D, L, R, one cell each.",
-    "minibehaviour": (
-        "Moves: U, D, L, R, one cell each. PICK needs the printer next to you; DROP needs the table next "
-        "to you while carrying. Table cells are never entered; the printer cell is blocked until PICK."
-    ),
-}
-
-ANSWER_FORMAT: dict[str, str] = {
-    "frozenlake": "letters, e.g. <answer>UURD</answer>",
-    "maze": "letters, e.g. <answer>DDRU</answer>",
-    "minibehaviour": "comma-separated, e.g. <answer>L,PICK,D,R,DROP</answer>",
-}
-
 _OUTPUT = (
     "First restate the size, positions and {things} with 0-based (row,col), then the path (the cells "
     "you walk through), then one answer block with the whole plan, {fmt}."
 )
-_THINGS = {
-    "frozenlake": "holes",
-    "maze": "maze drawn with one box-drawing character per cell",
-    "minibehaviour": "table cells",
-}
+
+
+def _output(task: Task) -> str:
+    return _OUTPUT.format(things=task.wording.restate, fmt=task.wording.answer_format)
 
 
 def student_prompt(task: Task) -> str:
     """The visual student's instruction; the image follows it in the same user turn."""
     return "\n".join(
         [
-            f"{task.title} puzzle in the image. {GOAL[task.name]}",
-            IMAGE_LEGEND[task.name],
-            RULES[task.name],
-            _OUTPUT.format(things=_THINGS[task.name], fmt=ANSWER_FORMAT[task.name]),
+            f"{task.title} puzzle in the image. {task.wording.goal}",
+            task.wording.legend,
+            task.wording.rules,
+            _output(task),
         ]
     )
 
@@ -69,9 +39,9 @@ def text_student_prompt(task: Task, state: dict[str, Any]) -> str:
     """The same problem for a text-only student: the symbolic state replaces the image."""
     return "\n".join(
         [
-            f"{task.title} puzzle described below. {GOAL[task.name]}",
-            RULES[task.name],
-            _OUTPUT.format(things=_THINGS[task.name], fmt=ANSWER_FORMAT[task.name]),
+            f"{task.title} puzzle described below. {task.wording.goal}",
+            task.wording.rules,
+            _output(task),
             "",
             task.symbolic_text(state),
         ]
@@ -82,9 +52,9 @@ def teacher_system(task: Task) -> str:
     """The privileged teacher's system turn: same task and output format, symbolic input."""
     return "\n".join(
         [
-            f"You plan {task.title} puzzles from an exact text description of the state. {GOAL[task.name]}",
-            RULES[task.name],
-            _OUTPUT.format(things=_THINGS[task.name], fmt=ANSWER_FORMAT[task.name]),
+            f"You plan {task.title} puzzles from an exact text description of the state. {task.wording.goal}",
+            task.wording.rules,
+            _output(task),
         ]
     )
 
@@ -106,7 +76,7 @@ def perception_prompt(task: Task, state: dict[str, Any]) -> str:
     depend on the state)."""
     items = task.perception(state)
     lines = [
-        f"Describe the {task.title} image. {IMAGE_LEGEND[task.name]}",
+        f"Describe the {task.title} image. {task.wording.legend}",
         "Use 0-based (row,col); answer with one 'key: value' line per item, in this order:",
     ]
     lines += [f"{item.key}: {item.question}" for item in items]

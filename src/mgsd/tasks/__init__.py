@@ -1,27 +1,68 @@
-"""The three visual planning tasks behind one small interface (see ``base.Task``)."""
+"""The visual planning tasks behind one small interface (see ``base.Task``), and their registry.
+
+A task is its module plus one line in ``_REGISTRY`` (or one ``register_task`` call from outside the
+package): generation, scoring, prompts, the gymnasium environments, the tokenizer's vocabulary and
+``mgsd run`` all find it through ``get_task`` and ``task_names``.
+"""
 
 from __future__ import annotations
 
-from mgsd.tasks.base import MOVE_WORDS, MOVES, PerceptionItem, Rollout, Task, Transition
+import importlib
 
-TASK_NAMES: tuple[str, ...] = ("frozenlake", "maze", "minibehaviour")
+from mgsd.tasks.base import (
+    MOVE_WORDS,
+    MOVES,
+    PerceptionItem,
+    PromptWording,
+    Rollout,
+    Task,
+    Transition,
+    VocabularyHints,
+)
+
+# name -> "module:Class", imported on first use; the order is the tasks' order everywhere (the
+# tokenizer's vocabulary is collected in it).
+_REGISTRY: dict[str, str | type[Task]] = {
+    "frozenlake": "mgsd.tasks.frozenlake:FrozenLake",
+    "maze": "mgsd.tasks.maze:Maze",
+    "minibehaviour": "mgsd.tasks.minibehaviour:MiniBehaviour",
+}
+# The built-in tasks (the ones the shipped base was pretrained on); ``task_names()`` for all registered.
+TASK_NAMES: tuple[str, ...] = tuple(_REGISTRY)
 _ALIASES = {"minibehavior": "minibehaviour", "frozen_lake": "frozenlake"}
 _CACHE: dict[str, Task] = {}
+
+
+def register_task(name: str, task: str | type[Task]) -> None:
+    """Register ``task`` (a Task subclass, or ``"module:Class"`` imported on first use) as ``name``."""
+    key = name.strip().lower()
+    _REGISTRY[key] = task
+    _CACHE.pop(key, None)
+
+
+def unregister_task(name: str) -> None:
+    """Remove a task registered with ``register_task`` (a test's, for instance)."""
+    key = name.strip().lower()
+    _REGISTRY.pop(key, None)
+    _CACHE.pop(key, None)
+
+
+def task_names() -> tuple[str, ...]:
+    """Every registered task, in registry order."""
+    return tuple(_REGISTRY)
 
 
 def get_task(name: str) -> Task:
     """The task called ``name`` (case-insensitive); ValueError for an unknown name."""
     key = _ALIASES.get(name.strip().lower(), name.strip().lower())
-    if key not in TASK_NAMES:
-        raise ValueError(f"unknown task {name!r} (choose from {', '.join(TASK_NAMES)})")
+    if key not in _REGISTRY:
+        raise ValueError(f"unknown task {name!r} (choose from {', '.join(_REGISTRY)})")
     if key not in _CACHE:
-        if key == "frozenlake":
-            from mgsd.tasks.frozenlake import FrozenLake as cls
-        elif key == "maze":
-            from mgsd.tasks.maze import Maze as cls
-        else:
-            from mgsd.tasks.minibehaviour import MiniBehaviour as cls
-        _CACHE[key] = cls()
+        target = _REGISTRY[key]
+        if isinstance(target, str):
+            module, _, cls_name = target.partition(":")
+            target = getattr(importlib.import_module(module), cls_name)
+        _CACHE[key] = target()
     return _CACHE[key]
 
 
@@ -53,9 +94,14 @@ __all__ = [
     "MOVE_WORDS",
     "TASK_NAMES",
     "PerceptionItem",
+    "PromptWording",
     "Rollout",
     "Task",
     "Transition",
+    "VocabularyHints",
     "get_task",
     "parse_levels",
+    "register_task",
+    "task_names",
+    "unregister_task",
 ]

@@ -66,6 +66,28 @@ class PerceptionItem:
     answer: str
 
 
+@dataclass(frozen=True)
+class PromptWording:
+    """What the prompts say about one task (``mgsd.prompts`` puts it into every role's frame)."""
+
+    legend: str  # how the image draws the state: "The yellow dot is the player, ..."
+    goal: str  # "Reach the goal without crossing a wall."
+    rules: str  # the moves and what makes one illegal
+    answer_format: str  # "letters, e.g. <answer>DDRU</answer>"
+    restate: str  # what a reasoned answer restates besides size and positions: "holes"
+
+
+@dataclass(frozen=True)
+class VocabularyHints:
+    """Pieces of the task's texts a tokenizer should keep whole (``mgsd.models.tokenizer`` collects
+    them from every registered task, in registry order). Action names longer than one letter
+    (``PICK``) are taken from ``Task.actions`` and need no hint."""
+
+    letters: tuple[str, ...] = ()  # one-letter cell symbols of the symbolic text ("S", "H")
+    words: tuple[str, ...] = ()  # the task's own nouns, singular and plural ("wall", "walls")
+    glyphs: str = ""  # non-ASCII characters drawn in text grids, one token each
+
+
 class Task(ABC):
     """One planning task: generator, simulator, renderer and symbolic views of its states.
 
@@ -78,6 +100,12 @@ class Task(ABC):
     levels: ClassVar[tuple[int, ...]]  # the supported levels (grid side lengths)
     actions: ClassVar[tuple[str, ...]]  # the action vocabulary, in BFS tie-break order
     plan_separator: ClassVar[str]  # "" -> "UUR"; "," -> "U,PICK,R,DROP"
+    wording: ClassVar[PromptWording]  # what the prompts say about the task
+    vocabulary: ClassVar[VocabularyHints] = VocabularyHints()
+
+    def env_info(self, sim: Hashable, success: bool) -> dict[str, Any]:
+        """Task-specific entries of a gymnasium step's ``info`` (``mgsd.envs``); none by default."""
+        return {}
 
     # -- instances -------------------------------------------------------------------------
     @abstractmethod

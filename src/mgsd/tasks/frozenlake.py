@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import numpy as np
 from PIL import Image, ImageDraw
 
-from mgsd.tasks.base import MOVES, Cell, PerceptionItem, Task, Transition
+from mgsd.tasks.base import MOVES, Cell, PerceptionItem, PromptWording, Task, Transition, VocabularyHints
 
 TILES = frozenset("SFHG")
 VSP_SYMBOLS: dict[str, str] = {"@": "S", "*": "G", "#": "H", "_": "F"}
@@ -170,6 +170,16 @@ class FrozenLake(Task):
     levels: ClassVar[tuple[int, ...]] = (3, 4, 5, 6, 7, 8)
     actions: ClassVar[tuple[str, ...]] = ("L", "D", "R", "U")  # the reference BFS order
     plan_separator: ClassVar[str] = ""
+    wording: ClassVar[PromptWording] = PromptWording(
+        legend="The elf is the player, the gift box the goal, dark water cells are holes, ice is safe.",
+        goal="Reach the goal without stepping into a hole or off the map.",
+        rules="Moves: U, D, L, R, one cell each; the ice is not slippery.",
+        answer_format="letters, e.g. <answer>UURD</answer>",
+        restate="holes",
+    )
+    vocabulary: ClassVar[VocabularyHints] = VocabularyHints(
+        letters=("S", "F", "H", "G"), words=("hole", "holes")
+    )
 
     # -- instances -------------------------------------------------------------------------
     def generate(self, level: int, rng: random.Random) -> dict[str, Any]:

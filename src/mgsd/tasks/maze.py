@@ -15,7 +15,16 @@ from typing import Any, ClassVar
 
 from PIL import Image, ImageDraw
 
-from mgsd.tasks.base import MOVE_WORDS, MOVES, Cell, PerceptionItem, Task, Transition
+from mgsd.tasks.base import (
+    MOVE_WORDS,
+    MOVES,
+    Cell,
+    PerceptionItem,
+    PromptWording,
+    Task,
+    Transition,
+    VocabularyHints,
+)
 
 N, S, W, E = 1, 2, 4, 8
 WALL_BIT: dict[str, int] = {"U": N, "D": S, "L": W, "R": E}
@@ -139,6 +148,16 @@ class Maze(Task):
     levels: ClassVar[tuple[int, ...]] = (3, 4, 5, 6)
     actions: ClassVar[tuple[str, ...]] = ("U", "D", "L", "R")  # any order: the path is unique
     plan_separator: ClassVar[str] = ""
+    wording: ClassVar[PromptWording] = PromptWording(
+        legend="The yellow dot is the player, the blue dot the goal; black bands are walls.",
+        goal="Reach the goal without crossing a wall.",
+        rules="Moves: U, D, L, R, one cell each.",
+        answer_format="letters, e.g. <answer>DDRU</answer>",
+        restate="maze drawn with one box-drawing character per cell",
+    )
+    vocabulary: ClassVar[VocabularyHints] = VocabularyHints(
+        words=("wall", "walls"), glyphs="".join(GLYPHS.values())
+    )
 
     # -- instances -------------------------------------------------------------------------
     def generate(self, level: int, rng: random.Random) -> dict[str, Any]:

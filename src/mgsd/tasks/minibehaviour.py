@@ -13,24 +13,28 @@ table, not back on the floor (so drawing that state shows no printer).
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Hashable
-from functools import lru_cache
+from collections.abc import Hashable
 from typing import Any, ClassVar
 
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from mgsd.tasks.base import MOVE_WORDS, MOVES, Cell, PerceptionItem, Task, Transition
+from mgsd.tasks.base import (
+    MOVE_WORDS,
+    MOVES,
+    Cell,
+    PerceptionItem,
+    PromptWording,
+    Task,
+    Transition,
+    VocabularyHints,
+)
+from mgsd.tasks.minibehaviour_drawing import draw_room
 
 MIN_SIZE, MAX_SIZE = 3, 32
 TABLE_ROWS, TABLE_COLS = 2, 3
 BUCKETS: tuple[str, ...] = ("easy", "medium", "hard")
 MAX_ATTEMPTS = 5000  # candidates per requested bucket; levels 5-6 need a few dozen at most
 
-_BOARD = (0, 0, 0)
-_GRID = (60, 60, 60)
-_TABLE = (181, 143, 96)
-_PRINTER = (255, 255, 255)
-_AGENT = (255, 24, 16)
 _KEYS = ("agent", "printer", "size", "table")
 
 
@@ -114,6 +118,22 @@ class MiniBehaviour(Task):
     levels: ClassVar[tuple[int, ...]] = (5, 6)
     actions: ClassVar[tuple[str, ...]] = ("U", "D", "L", "R", "PICK", "DROP")
     plan_separator: ClassVar[str] = ","
+    wording: ClassVar[PromptWording] = PromptWording(
+        legend=(
+            "The red triangle is the agent, the white icon the printer, the tan 2x3 block the table; "
+            "black cells are floor."
+        ),
+        goal="Go next to the printer, PICK it up, go next to the table and DROP it.",
+        rules=(
+            "Moves: U, D, L, R, one cell each. PICK needs the printer next to you; DROP needs the table next "
+            "to you while carrying. Table cells are never entered; the printer cell is blocked until PICK."
+        ),
+        answer_format="comma-separated, e.g. <answer>L,PICK,D,R,DROP</answer>",
+        restate="table cells",
+    )
+    vocabulary: ClassVar[VocabularyHints] = VocabularyHints(
+        letters=("A", "P", "T"), words=("agent", "printer", "table")
+    )
 
     # -- instances -------------------------------------------------------------------------
     def validate(self, state: dict[str, Any]) -> dict[str, Any]:
@@ -237,6 +257,10 @@ class MiniBehaviour(Task):
             return Transition(sim, success=True)
         return Transition(sim, invalid=f"unknown_action:{action}")
 
+    def env_info(self, sim: Hashable, success: bool) -> dict[str, Any]:
+        # The simulator's flag means "picked up"; after the final DROP nothing is carried.
+        return {"carrying": bool(sim[2]) and not success}  # type: ignore[index]
+
     def state_at(self, state: dict[str, Any], sim: Hashable) -> dict[str, Any]:
         """A drawable state of the situation ``sim``: the agent at its current cell and, once the
         printer has been picked, no printer (``"printer": None``; not a valid instance)."""
@@ -247,15 +271,7 @@ class MiniBehaviour(Task):
     def render(self, state: dict[str, Any], size: int = 256) -> Image.Image:
         """Black board, tan table, white printer icon, red right-pointing agent, grey grid."""
         n, agent, printer, table = _structure(state, printer_optional=True)
-        edges = _edges(size, n)
-        image = _board(size, n).copy()
-        for r, c in table:
-            # Inset by one pixel: the grid lines between table cells stay visible.
-            image.paste(_TABLE, (edges[c] + 1, edges[r] + 1, edges[c + 1], edges[r + 1]))
-        if printer is not None:
-            _paste_icon(image, edges, printer, _PRINTER, _printer_mask)
-        _paste_icon(image, edges, agent, _AGENT, _agent_mask)
-        return image
+        return draw_room(size, n, agent, printer, table)
 
     def symbolic_text(self, state: dict[str, Any]) -> str:
         state = self.validate(state)
@@ -340,74 +356,3 @@ def _legal_moves(state: dict[str, Any]) -> list[str]:
         if 0 <= cell[0] < size and 0 <= cell[1] < size and cell not in table and cell != printer:
             out.append(MOVE_WORDS[a])
     return out
-
-
-# -- drawing (cached pieces: the board with its grid, and one mask per icon and cell shape) ----
-@lru_cache(maxsize=64)
-def _edges(size: int, n: int) -> tuple[int, ...]:
-    """Pixel position of each grid line; the last one is pulled inside the image."""
-    cell = size / n
-    return tuple(min(round(i * cell), size - 1) for i in range(n + 1))
-
-
-@lru_cache(maxsize=32)
-def _board(size: int, n: int) -> Image.Image:
-    image = Image.new("RGB", (size, size), _BOARD)
-    draw = ImageDraw.Draw(image)
-    for e in _edges(size, n):
-        draw.line([(e, 0), (e, size - 1)], fill=_GRID, width=1)
-        draw.line([(0, e), (size - 1, e)], fill=_GRID, width=1)
-    return image
-
-
-@lru_cache(maxsize=128)
-def _printer_mask(w: int, h: int) -> Image.Image:
-    """White-printer silhouette in a w x h cell: paper, rounded body, tray; slot and dot are holes."""
-    mask = Image.new("L", (w, h), 0)
-    draw = ImageDraw.Draw(mask)
-    iw, ih = 0.58 * w, 0.52 * h
-    left, top = (w - iw) / 2, (h - ih) / 2
-
-    def box(x0: float, y0: float, x1: float, y1: float) -> tuple[int, int, int, int]:
-        return (
-            round(left + x0 * iw),
-            round(top + y0 * ih),
-            max(round(left + x0 * iw), round(left + x1 * iw) - 1),
-            max(round(top + y0 * ih), round(top + y1 * ih) - 1),
-        )
-
-    draw.rectangle(box(0.22, 0.0, 0.78, 0.34), fill=255)  # paper sticking out of the top
-    draw.rounded_rectangle(box(0.0, 0.26, 1.0, 0.8), radius=max(1, round(0.1 * ih)), fill=255)  # body
-    draw.rectangle(box(0.1, 0.86, 0.9, 1.0), fill=255)  # output tray
-    draw.rectangle(box(0.16, 0.58, 0.84, 0.66), fill=0)  # paper slot (black: the board shows through)
-    cx, cy, rad = left + 0.86 * iw, top + 0.4 * ih, max(1.0, 0.05 * iw)
-    draw.ellipse((round(cx - rad), round(cy - rad), round(cx + rad), round(cy + rad)), fill=0)  # status light
-    return mask
-
-
-@lru_cache(maxsize=128)
-def _agent_mask(w: int, h: int) -> Image.Image:
-    """Right-pointing triangle inset 22% horizontally and 20% vertically."""
-    mask = Image.new("L", (w, h), 0)
-    ImageDraw.Draw(mask).polygon(
-        [
-            (round(0.22 * w), round(0.2 * h)),
-            (round(0.22 * w), round(0.8 * h)),
-            (round(0.78 * w), round(0.5 * h)),
-        ],
-        fill=255,
-    )
-    return mask
-
-
-def _paste_icon(
-    image: Image.Image,
-    edges: tuple[int, ...],
-    cell: Cell,
-    colour: tuple[int, int, int],
-    make: Callable[[int, int], Image.Image],
-) -> None:
-    """Fill ``colour`` through the cached icon mask of the cell's pixel size."""
-    r, c = cell
-    x0, y0 = edges[c], edges[r]
-    image.paste(colour, (x0, y0), make(edges[c + 1] - x0, edges[r + 1] - y0))
