@@ -12,6 +12,15 @@ if TYPE_CHECKING:  # an annotation only: pretrain imports this module, so no run
     from mgsd.train.pretrain import PretrainConfig
 
 
+# The shipped base's rounds, each continuing the previous one's output (each config's ``init``).
+REBUILD = (
+    "mgsd pretrain --config configs/pretrain-tiny.yaml --out runs/pretrain   # resumable",
+    "mgsd pretrain --config configs/pretrain-tiny-round2.yaml --out runs/pretrain2",
+    "mgsd pretrain --config configs/pretrain-tiny-round3.yaml --out runs/pretrain3",
+    "mgsd pretrain --config configs/pretrain-tiny-round4.yaml --out runs/pretrain4",
+)
+
+
 def _table(intro: list[str], header: list[str], rows: list[list[Any]]) -> list[str]:
     """A markdown table after a blank line and its introduction."""
     out = ["", *intro, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -153,12 +162,7 @@ def write_model_card(base: Path, cfg: PretrainConfig, gates: dict[str, Any], roo
         "## Rebuild",
         "",
         "```bash",
-        "mgsd pretrain --config configs/pretrain-tiny.yaml --out runs/pretrain   # resumable",
-        *(
-            ["mgsd pretrain --config configs/pretrain-tiny-round2.yaml --out runs/pretrain2"]
-            if cfg.init
-            else []
-        ),
+        *(REBUILD if cfg.init else REBUILD[:1]),
         "```",
         "",
         "License: MIT, as the project. Made by mgsd's own code; no external weights or data.",
