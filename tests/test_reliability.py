@@ -139,7 +139,9 @@ def test_run_cli_refuses_changed_settings_in_one_line(tmp_path, capsys):
     out = _finished_run(tmp_path, cfg)
     assert main(["run", "--out", str(out), "--set", "stage1.steps=7", "--set", "seed=3"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "seed (0 -> 3)" in err and "stage1.steps (200 -> 7)" in err
+    assert (
+        err.count("\n") == 0 and "seed (0 -> 3)" in err and f"stage1.steps ({cfg.stage1.steps} -> 7)" in err
+    )
     assert (out / "models" / "coldstart" / "model").is_dir()
 
 

@@ -80,11 +80,11 @@ class PipelineConfig:
     # The defaults are configs/default.yaml (a test keeps the two equal).
     stage1: StageSettings = field(
         default_factory=lambda: StageSettings(
-            steps=200,
+            steps=600,
             lr=1e-3,
             lora_r=16,
             warmup_ratio=0.1,
-            overrides=["optim.vision_lr_scale=0.2", "replay_symbolic=0.3"],
+            overrides=["optim.vision_lr_scale=0.2", "replay_symbolic=0.3", "grounding_weight=1.0"],
         )
     )
     stage2: StageSettings = field(
