@@ -300,6 +300,10 @@ def test_gap_covers_every_category_and_resumes(data: Path, samples: dict, tmp_pa
     assert gap["request_failures"] == {"image": 0, "text": 0, "perception": 1}
     for name in ("image", "text", "perception"):
         assert (tmp_path / name / "samples.jsonl").exists()
+    # The canned plan answers restate no facts: scored as perception, none is right.
+    facts = gap["runs"]["answer_facts"]
+    assert facts["n"] == 8 and facts["question_accuracy"] == 0.0
+    assert (tmp_path / "answer_facts.json").exists()
     table = format_gap(gap)
     assert "frozenlake/3" in table and "total" in table and "img-reas" in table
     # A rerun reuses the three runs: only the failed request is asked again.

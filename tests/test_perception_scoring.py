@@ -88,3 +88,30 @@ def test_every_task_target_scores_perfectly(name):
         state = task.generate(task.levels[seed % len(task.levels)], random.Random(seed))
         r = score_perception(task.perception(state), perception_target(task, state))
         assert r["all_correct"], (name, state)
+
+
+@pytest.mark.parametrize("name", TASK_NAMES)
+def test_plan_answer_facts_score_as_perception(name):
+    """The reference plan answer restates the facts block: scored as perception, it is all right;
+    a plan answer whose first fact is wrong is not."""
+    import json
+    import random
+
+    from mgsd.eval.perception import score_answer_facts
+    from mgsd.prompts import reference_response
+
+    task = get_task(name)
+    samples, answers = [], []
+    for seed in range(6):
+        state = task.generate(task.levels[0], random.Random(seed))
+        plan = task.solve(state)
+        samples.append({"id": str(seed), "task": name, "level": task.levels[0], "state": json.dumps(state)})
+        answers.append({"id": str(seed), "response": reference_response(task, state, plan)})
+    assert score_answer_facts(samples, answers)["all_correct"] == 1.0
+    first = task.perception(json.loads(samples[0]["state"]))[0].key
+    answers[0]["response"] = answers[0]["response"].replace(f"{first}:", f"{first}: 99x99\nignored:", 1)
+    facts = score_answer_facts(samples, answers)
+    assert facts["all_correct"] == pytest.approx(5 / 6)
+    assert facts["by_task"][name]["questions"][first]["accuracy"] == pytest.approx(5 / 6)
+    with pytest.raises(ValueError, match="no plan answer"):
+        score_answer_facts(samples, answers[1:])

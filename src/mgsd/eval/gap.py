@@ -30,7 +30,7 @@ import numpy as np
 
 from mgsd.backends.base import Backend, GenerationConfig
 from mgsd.eval.model import check_generation, evaluate_model
-from mgsd.eval.perception import evaluate_perception
+from mgsd.eval.perception import evaluate_perception, score_answer_facts
 from mgsd.eval.queries import load_samples
 from mgsd.files import read_jsonl, write_json, write_jsonl
 from mgsd.scoring.aggregate import stratified_rate
@@ -44,6 +44,7 @@ CATEGORIES: tuple[str, ...] = (
     "request_failed",
 )
 RUNS = ("image", "text", "perception")
+ANSWER_FACTS = "answer_facts.json"  # the facts block of the image plan answers, scored (no request)
 
 
 def attribute(image_success: bool, text_success: bool, perceived: bool, request_failed: bool = False) -> str:
@@ -140,7 +141,10 @@ def evaluate_gap(
     image = evaluate_model(backend, data, out / "image", modality="image", **common)
     text = evaluate_model(backend, data, out / "text", modality="text", **common)
     perception = evaluate_perception(backend, data, out / "perception", **common)
-    rows = attribute_rows(*(read_jsonl(out / run / "samples.jsonl") for run in RUNS))
+    runs = {run: read_jsonl(out / run / "samples.jsonl") for run in RUNS}
+    rows = attribute_rows(*runs.values())
+    facts = score_answer_facts(samples, runs["image"])
+    write_json(facts, out / ANSWER_FACTS)
     gap = gap_table(rows)
     gap.update(
         {
@@ -152,6 +156,7 @@ def evaluate_gap(
                 "perception_and_reasoning": "image fails, text fails, perception wrong",
                 "request_failed": "image fails and a request of one of the three runs failed",
                 "perceived": "every perception question answered exactly right",
+                "answer_facts": "the facts block of the image plan answer scored as perception answers",
             },
             "model": image.get("model"),
             "data": image.get("data"),
@@ -160,6 +165,11 @@ def evaluate_gap(
                 "image": {"macro_success": image["macro"]["success"], "n": image["n"]},
                 "text": {"macro_success": text["macro"]["success"], "n": text["n"]},
                 "perception": {"all_correct": perception["all_correct"], "n": perception["n"]},
+                "answer_facts": {
+                    "all_correct": facts["all_correct"],
+                    "question_accuracy": facts["question_accuracy"],
+                    "n": facts["n"],
+                },
             },
             "request_failures": {
                 "image": image["request_failures"],

@@ -14,6 +14,7 @@ from mgsd.backends.base import Backend, GenerationConfig
 from mgsd.eval.queries import load_samples, perception_query
 from mgsd.eval.responses import CACHE_NAME, ResponseCache, cache_settings, run_info, run_queries
 from mgsd.files import write_json, write_jsonl
+from mgsd.prompts import answer_facts
 from mgsd.scoring.aggregate import stratified_rate
 from mgsd.scoring.perception import score_perception
 from mgsd.tasks import get_task
@@ -79,6 +80,31 @@ def score_perception_record(sample: Mapping[str, Any], record: Mapping[str, Any]
         "tokens": record.get("tokens", 0),
         "truncated": bool(record.get("truncated")),
     }
+
+
+def score_answer_facts(
+    samples: Sequence[Mapping[str, Any]], plan_rows: Sequence[Mapping[str, Any]]
+) -> dict[str, Any]:
+    """The facts block of each image plan answer scored as a perception answer (no new request).
+
+    A plan answer restates the state in the facts format before it plans (prompts/templates.py), so
+    this is what the model perceives while it plans, and what stage 2's privileged teacher scores
+    token by token; the perception probe asks another prompt, and after stage 2 the two can differ.
+    Only the questions the facts block answers count (not the legal moves)."""
+    by_id = {r["id"]: r for r in plan_rows}
+    missing = [s["id"] for s in samples if s["id"] not in by_id]
+    if missing:
+        raise ValueError(f"{len(missing)} samples have no plan answer (first: {missing[0]})")
+    rows = []
+    for s in samples:
+        task, record = get_task(s["task"]), by_id[s["id"]]
+        items = [i for i in task.perception(task.load_state(s["state"])) if i.kind != "actions"]
+        response = None if record.get("error") else answer_facts(record.get("response") or "")
+        scored = score_perception(items, response)
+        rows.append({"id": s["id"], "task": s["task"], "level": int(s["level"]), **scored})
+    metrics = aggregate_perception(rows)
+    metrics["source"] = "the facts block of the image plan answers"
+    return metrics
 
 
 def evaluate_perception(

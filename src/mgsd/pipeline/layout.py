@@ -6,7 +6,8 @@ RUN/
   data/          test/ val/ train/ (and external/NAME/), COMPLETE when every split is written
   models/NAME/   one training directory per trained model; the model itself in models/NAME/model
   models/pretrain/base   the base, when pretrained inside the run
-  eval/NAME/     image/ (or the gap analysis: image/ text/ perception/ gap.json), teacher/, external-SET/
+  eval/NAME/     image/ (or the gap analysis: image/ text/ perception/ gap.json answer_facts.json),
+                 teacher/, external-SET/
 ```
 """
 
@@ -104,6 +105,10 @@ class RunLayout:
 
     def perception(self, name: str) -> Path:
         return self.eval(name) / "perception" / "perception_metrics.json"
+
+    def answer_facts(self, name: str) -> Path:
+        """The facts block of the image plan answers, scored as perception (the gap analysis)."""
+        return self.eval(name) / "answer_facts.json"
 
 
 def is_model(path: Path) -> bool:

@@ -60,6 +60,9 @@ def model_rows(layout: RunLayout, name: str, ext: list[str]) -> list[dict[str, A
     p = layout.perception(name)
     if p.exists():
         image_row["perception"] = {k: v for k, v in _read(p).items() if k != "by_task_level"}
+    f = layout.answer_facts(name)
+    if f.exists():
+        image_row["answer_facts"] = {k: v for k, v in _read(f).items() if k != "by_task_level"}
     return rows
 
 

@@ -1,6 +1,7 @@
 """Prompts for the visual student, the text-only student, the privileged teacher and perception."""
 
 from mgsd.prompts.templates import (
+    answer_facts,
     perception_prompt,
     perception_target,
     reference_response,
@@ -11,6 +12,7 @@ from mgsd.prompts.templates import (
 )
 
 __all__ = [
+    "answer_facts",
     "perception_prompt",
     "perception_target",
     "reference_response",

@@ -8,6 +8,7 @@ prompts say about one task (its legend, goal, rules and answer format) is the ta
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -99,7 +100,18 @@ def _path_line(task: Task, state: dict[str, Any], plan: list[str]) -> str:
         raise ValueError(f"the plan does not walk through to its end: {run.reason}")
     cells = [_cell(task.position(sim)) for sim in run.visited]
     steps = [a if a not in MOVE_WORDS else cell for a, cell in zip(plan, cells[1:], strict=True)]
-    return "Path: " + " ".join([cells[0], *steps]) + "."
+    return f"{PATH_MARK} " + " ".join([cells[0], *steps]) + "."
+
+
+PATH_MARK = "Path:"
+# Where the restated facts of an answer end: its path line or its answer block.
+_FACTS_END = re.compile(r"^[ \t]*(?:" + re.escape(PATH_MARK) + r"|<answer>)", re.MULTILINE | re.IGNORECASE)
+
+
+def answer_facts(response: str) -> str:
+    """The facts block a reasoned answer opens with: its text before the path line or answer block."""
+    m = _FACTS_END.search(response)
+    return response[: m.start()] if m else response
 
 
 def _cell(cell: tuple[int, int]) -> str:

@@ -208,6 +208,7 @@ def _result_rows(rows: list[dict[str, Any]]) -> str:
         "progress",
         "perception all correct",
         "perception per question",
+        "facts in plan answer per question",
     ]
     tasks = list(dict.fromkeys(t for r in rows for t in r.get("by_task", {})))
     header += [f"{t} success" for t in tasks]
@@ -216,6 +217,7 @@ def _result_rows(rows: list[dict[str, Any]]) -> str:
         m = r["macro"]
         perception = r.get("perception", {}).get("all_correct")
         per_question = r.get("perception", {}).get("question_accuracy")
+        answer_facts = r.get("answer_facts", {}).get("question_accuracy")
         cells.append(
             [
                 r["model"],
@@ -228,6 +230,7 @@ def _result_rows(rows: list[dict[str, Any]]) -> str:
                 pct(m.get("progress")),
                 pct(perception),
                 pct(per_question),
+                pct(answer_facts),
                 *[pct(r.get("by_task", {}).get(t, {}).get("success")) for t in tasks],
             ]
         )
