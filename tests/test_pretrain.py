@@ -239,7 +239,7 @@ def test_reset_vision_keeps_the_lm_and_starts_the_tower_afresh(tmp_path):
 
 def test_model_card_reports_gates_questions_and_attention(tmp_path):
     from mgsd.data.generate import HASHES_FILE
-    from mgsd.train.base_card import write_model_card
+    from mgsd.pipeline.base_card import write_model_card
     from mgsd.train.pretrain import PretrainConfig
 
     def block(s):

@@ -167,7 +167,7 @@ def test_report_renders_in_headless_chromium(run_dir: Path, tmp_path: Path) -> N
 
 
 def test_experiment_summary_states_the_headline_rows_and_budget() -> None:
-    from mgsd.report.build import _summary
+    from mgsd.report.summary import summary_section
 
     ci_ = {"success": [0.1, 0.3]}
     row = {
@@ -178,6 +178,7 @@ def test_experiment_summary_states_the_headline_rows_and_budget() -> None:
         "macro": {"success": 0.2, "optimal": 0.1, "progress": 0.4, "ci": ci_},
         "by_task": {"maze": {"n": 300, "success": 0.25}},
         "perception": {"all_correct": 0.5},
+        "answer_facts": {"question_accuracy": 0.625},
     }
     summary = {
         "rows": [row],
@@ -193,13 +194,14 @@ def test_experiment_summary_states_the_headline_rows_and_budget() -> None:
             "base": {"seconds": 100.0, "peak_rss_mb_so_far": 1900},
         },
     }
-    html = _summary(summary)
+    html = summary_section(summary)
     assert "+5.0 points" in html and "[+1.0, +9.0]" in html and "interval excludes zero" in html
     assert "closes 25% of the base" in html
     assert "maze success" in html and "[10.0, 30.0]" in html and "50.0" in html
+    assert "facts in plan answer per question" in html and "62.5" in html
     assert "Wall time and memory" in html and "112" in html and "1900" in html  # total seconds, peak
     summary["headline"]["mgsd_minus_coldstart_success"]["ci"] = [-0.02, 0.09]
-    assert "does not exclude zero" in _summary(summary)
+    assert "does not exclude zero" in summary_section(summary)
 
 
 def test_log_reader_keeps_a_record_holding_a_unicode_line_separator(tmp_path: Path) -> None:

@@ -69,6 +69,17 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from mgsd.config import load_config
+    from mgsd.pipeline.pretrained_base import pretrain_base
+    from mgsd.train.pretrain import PretrainConfig
+
+    cfg = load_config(PretrainConfig, args.config, args.overrides)
+    base = pretrain_base(cfg, args.out, gates=not args.no_gates)
+    print(f"wrote {base}")
+    return 0
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from mgsd.config import load_config
     from mgsd.pipeline import PipelineConfig, run_pipeline
@@ -164,6 +175,17 @@ def build_parser() -> argparse.ArgumentParser:
         "(without it such a rerun is refused, naming the changed settings)",
     )
     run.set_defaults(func=_cmd_run)
+    pre = sub.add_parser(
+        "pretrain",
+        help="build the tiny pretrained base that mgsd run starts from (scenes + symbolic planning)",
+        description="Resumable: rerun the same command after a crash. Writes OUT/base (weights, "
+        "tokenizer, state hashes, gates, model card).",
+    )
+    pre.add_argument("--config", help="YAML of PretrainConfig keys (e.g. configs/pretrain-tiny.yaml)")
+    pre.add_argument("--out", default="runs/pretrain")
+    pre.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    pre.add_argument("--no-gates", action="store_true", help="stop after training (no gate evaluation)")
+    pre.set_defaults(func=_cmd_pretrain)
 
     for name in _PLUGINS:
         try:

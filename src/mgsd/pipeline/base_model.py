@@ -38,7 +38,8 @@ def base_stage(cfg: PipelineConfig, layout: RunLayout) -> tuple[Path, Stage | No
     """The base's path and, when the run pretrains it, the step that does."""
     if not pretrained_in_run(cfg):
         return given_base(cfg), None
-    from mgsd.train.pretrain import PretrainConfig, pretrain
+    from mgsd.pipeline.pretrained_base import pretrain_base
+    from mgsd.train.pretrain import PretrainConfig
 
     pcfg = from_dict(PretrainConfig, {**to_dict(cfg.pretrain), "preset": cfg.model, "progress": cfg.progress})
     base = layout.pretrained_base
@@ -46,6 +47,6 @@ def base_stage(cfg: PipelineConfig, layout: RunLayout) -> tuple[Path, Stage | No
         "base: pretraining",
         inputs=(),
         outputs=(base / "config.json",),
-        call=lambda: pretrain(pcfg, layout.pretrain),
+        call=lambda: pretrain_base(pcfg, layout.pretrain),
     )
     return base, stage

@@ -30,28 +30,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     p.set_defaults(func=_cmd_train)
-    pre = subparsers.add_parser(
-        "pretrain",
-        help="build the tiny pretrained base that mgsd run starts from (scenes + symbolic planning)",
-        description="Resumable: rerun the same command after a crash. Writes OUT/base (weights, "
-        "tokenizer, state hashes, gates, model card).",
-    )
-    pre.add_argument("--config", help="YAML of PretrainConfig keys (e.g. configs/pretrain-tiny.yaml)")
-    pre.add_argument("--out", default="runs/pretrain")
-    pre.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    pre.add_argument("--no-gates", action="store_true", help="stop after training (no gate evaluation)")
-    pre.set_defaults(func=_cmd_pretrain)
     return p
-
-
-def _cmd_pretrain(args: argparse.Namespace) -> int:
-    from mgsd.config import load_config
-    from mgsd.train.pretrain import PretrainConfig, pretrain
-
-    cfg = load_config(PretrainConfig, args.config, args.overrides)
-    base = pretrain(cfg, args.out, gates=not args.no_gates)
-    print(f"wrote {base}")
-    return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

@@ -166,8 +166,9 @@ def train_settings(cfg: PretrainConfig, model: Path, out: Path, data: Path) -> d
     }
 
 
-def pretrain(cfg: PretrainConfig, out: str | Path, *, gates: bool = True) -> Path:
-    """Run (or resume) the whole pretraining; returns the finished base directory ``out/base``."""
+def pretrain(cfg: PretrainConfig, out: str | Path) -> Path:
+    """Run (or resume) the whole pretraining; returns the finished base directory ``out/base``
+    (its gates and model card: ``mgsd.pipeline.pretrained_base``)."""
     from mgsd.config import apply_overrides, from_dict
     from mgsd.models.tiny import PRESETS, init_tiny
     from mgsd.train.checkpoint import latest_checkpoint
@@ -215,20 +216,6 @@ def pretrain(cfg: PretrainConfig, out: str | Path, *, gates: bool = True) -> Pat
             mine = read_state_hashes(tmp)
             (tmp / HASHES_FILE).write_text("".join(h + "\n" for h in sorted(earlier | mine)))
         tmp.rename(base)
-    if gates:
-        from mgsd.eval.gates import evaluate_gates
-
-        result = evaluate_gates(
-            base,
-            root / "gates",
-            per_task=cfg.gate_per_task,
-            max_new_tokens=cfg.gate_max_new_tokens,
-            seed=cfg.data.seed + 1,
-            progress=cfg.progress,
-        )
-        from mgsd.train.base_card import write_model_card
-
-        write_model_card(base, cfg, result, root)
     return base
 
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from mgsd.data.generate import HASHES_FILE, read_state_hashes
 from mgsd.files import read_jsonl
 
-if TYPE_CHECKING:  # an annotation only: pretrain imports this module, so no run-time import back
+if TYPE_CHECKING:
     from mgsd.train.pretrain import PretrainConfig
 
 
@@ -29,7 +29,7 @@ def _table(intro: list[str], header: list[str], rows: list[list[Any]]) -> list[s
 
 def write_model_card(base: Path, cfg: PretrainConfig, gates: dict[str, Any], root: Path) -> None:
     """README.md beside the weights: what the base saw, how long it trained, its gates, how to rebuild."""
-    from mgsd.eval.gates import GATES, format_gates
+    from mgsd.eval.gates import GATES, format_gates  # numpy and the scorers: only when a card is written
 
     log = read_jsonl(root / "train" / "log.jsonl")
     steps = [r for r in log if "step_time" in r]
