@@ -443,6 +443,47 @@ def test_each_stage2_loss_through_the_trainer_is_its_objectives_definition(
         torch.testing.assert_close(grads[n], p.grad, atol=1e-5, rtol=1e-4)
 
 
+def test_stage2_perception_replay_adds_the_weighted_facts_cross_entropy(setup, tmp_path):
+    """With ``opsd.perception_replay=w`` a stage-2 step's gradient is the plain step's plus ``w`` times
+    the perception SFT gradient on the same prompts' images; the replay loss is logged."""
+    from mgsd.train.examples import perception_twin
+    from mgsd.train.sft import sft_step
+
+    root, model = setup
+    w = 0.5
+    cfg = config(
+        root,
+        model,
+        tmp_path / "r",
+        "opsd",
+        batch_size=2,
+        micro_batch_size=2,
+        lora={"r": 4, "dropout": 0.0},
+        opsd={"max_new_tokens": 8, "perception_replay": w},
+    )
+    trainer = Trainer(cfg)
+    exs = trainer.batches.global_batch(0)
+
+    def grads(replay: float) -> tuple[dict, dict]:
+        trainer.cfg.opsd.perception_replay = replay
+        torch.manual_seed(0)
+        logs = trainer._opsd_step(exs)
+        out = {n: p.grad.clone() for n, p in trainer.params.items() if p.grad is not None}
+        trainer.opt.zero_grad(set_to_none=True)
+        return out, logs
+
+    with_replay, logs = grads(w)
+    plain, plain_logs = grads(0.0)
+    sft_step(trainer.bb, trainer.cfg, [perception_twin(e) for e in exs], lambda v: v)
+    facts = {n: p.grad.clone() for n, p in trainer.params.items() if p.grad is not None}
+    trainer.close()
+    assert logs["perception_replay_loss"] > 0 and "perception_replay_loss" not in plain_logs
+    assert logs["loss"] == pytest.approx(plain_logs["loss"])  # the bar's loss stays the reverse KL
+    assert all(e.target and e.prompt != exs[0].prompt for e in map(perception_twin, exs))
+    for n, g in with_replay.items():
+        torch.testing.assert_close(g, plain[n] + w * facts[n], atol=1e-5, rtol=1e-4)
+
+
 def test_ema_teacher_resumes_from_a_checkpoint_as_if_uninterrupted(setup, tmp_path, monkeypatch):
     import shutil
 

@@ -138,6 +138,22 @@ def build_examples(
     return out
 
 
+def perception_twin(e: Example) -> Example:
+    """The perception example (image -> facts block) of a stage-2 example's image and state."""
+    task = get_task(e.task)
+    state = task.load_state(e.state)
+    return Example(
+        id=e.id,
+        task=e.task,
+        level=e.level,
+        state=e.state,
+        prompt=perception_prompt(task, state),
+        image=e.image,
+        target=perception_target(task, state),
+        optimal_length=e.optimal_length,
+    )
+
+
 def _share(row_id: str) -> float:
     """A fixed pseudo-random number in [0, 1) per row id (independent of the ``symbolic`` style hash)."""
     return zlib.crc32(b"replay:" + row_id.encode()) / 2**32

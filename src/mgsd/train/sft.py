@@ -52,9 +52,12 @@ def sft_step(
     sum_all: Callable[[float], float],
     dense: Dense | None = None,
     grounding: AttentionTap | None = None,
+    *,
+    weight: float = 1.0,
 ) -> dict[str, float]:
     """Cross-entropy on the target tokens, normalised by the global number of target tokens; the
-    gradients of every micro-batch accumulate in the parameters. Returns the step's logs."""
+    gradients of every micro-batch (scaled by ``weight``, for an auxiliary use) accumulate in the
+    parameters. Returns the step's logs (unscaled)."""
     targets = bb.encode_responses([e.target or "" for e in exs])
     n_tokens = sum_all(float(sum(len(t) for t in targets)))
     n_images = sum_all(float(sum(e.image is not None for e in exs)))
@@ -73,7 +76,7 @@ def sft_step(
             if ground is not None:
                 loss = loss + cfg.grounding_weight * ground * len(idx) / n_images
                 grounded.append(float(ground.detach()))
-        loss.backward()
+        (loss * weight if weight != 1.0 else loss).backward()
         loss_sum += float(loss.detach()) * n_tokens
     logs = {"loss": sum_all(loss_sum) / n_tokens, "target_tokens": n_tokens}
     if grounded:

@@ -44,7 +44,7 @@ from mgsd.train.batches import (
 )
 from mgsd.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from mgsd.train.config import TrainConfig
-from mgsd.train.examples import Example, build_examples
+from mgsd.train.examples import Example, build_examples, perception_twin
 from mgsd.train.optim import build_optimizer, learning_rate, sync_gradients
 from mgsd.train.resume import check_resume, fingerprint
 from mgsd.train.rollouts import rollout, rollout_logs
@@ -220,7 +220,12 @@ class Trainer:
                     stats["reverse_kl"] += float(gap.sum())
                     stats["teacher_logp"] += float((t.logprobs * new.mask).sum())
                     stats["student_logp"] += float((new.logprobs.detach() * new.mask).sum())
-        return rollout_logs(stats, n_tokens, ro, self._sum_all)
+        logs = rollout_logs(stats, n_tokens, ro, self._sum_all)
+        if c.perception_replay > 0:  # not in the paper: see OPSDConfig.perception_replay
+            twins = [perception_twin(e) for e in exs]
+            replay = sft_step(self.bb, self.cfg, twins, self._sum_all, weight=c.perception_replay)
+            logs["perception_replay_loss"] = replay["loss"]  # "loss" stays the reverse KL
+        return logs
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> dict[str, Any]:
