@@ -242,3 +242,28 @@ def test_plain_autoprocessor_loads_a_saved_directory_where_torchvision_is_instal
     model = AutoModelForImageTextToText.from_pretrained(out)
     plain = Backbone(model, processor)
     torch.testing.assert_close(_logits(plain), _logits(Backbone.load(out, device="cpu")), atol=0, rtol=0)
+
+
+def test_greedy_rows_leaving_the_batch_match_model_generate(tmp_path: Path) -> None:
+    """Greedy decoding that drops finished rows and their cache gives ``model.generate``'s tokens,
+    on the shipped base (whose rows end at different steps: a random model's do not), for image and
+    text plan prompts of every task, cut by ``max_new_tokens`` or not."""
+    from mgsd.backends.local import query_messages
+    from mgsd.data.generate import generate_dataset
+    from mgsd.eval.queries import load_samples, plan_query
+    from mgsd.pipeline.base_model import shipped_base
+    from mgsd.tasks import get_task
+
+    for name, level in (("frozenlake", 4), ("maze", 4), ("minibehaviour", 6)):
+        generate_dataset(
+            get_task(name), [level], 3, split="test", seed=9, out=tmp_path, progress=False, workers=1
+        )
+    samples = load_samples([tmp_path])
+    bb = Backbone.load(shipped_base())
+    for modality in ("image", "text"):
+        ctx = bb.encode([query_messages(plan_query(s, modality)) for s in samples])
+        slow = bb.generate(ctx, max_new_tokens=48, greedy=True, shrink=False)
+        fast = bb.generate(ctx, max_new_tokens=48, greedy=True)
+        assert fast.sequences == slow.sequences and fast.finished == slow.finished
+        assert fast.texts == slow.texts
+        assert len({len(s) for s in fast.sequences}) > 1, "rows should end at different steps"

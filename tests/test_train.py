@@ -81,6 +81,35 @@ def test_sft_objectives_lower_their_loss(setup, tmp_path, objective):
     assert (tmp_path / "run" / "model" / "config.json").is_file()
 
 
+@pytest.mark.parametrize("lora_r", [4, 0])
+def test_gradient_checkpointing_keeps_the_gradients(setup, tmp_path, lora_r):
+    """One SFT step (images: vision tower and LM) gives the same loss and gradients with activations
+    recomputed in backward, for a LoRA student and a full fine-tune."""
+    root, model = setup
+
+    def step(ckpt: bool) -> tuple[float, dict]:
+        cfg = config(
+            root,
+            model,
+            tmp_path / f"g{ckpt}",
+            lora={"r": lora_r, "dropout": 0.0, "train_vision": True},
+            gradient_checkpointing=ckpt,
+        )
+        trainer = Trainer(cfg)
+        assert trainer.bb.gradient_checkpointing == ckpt
+        logs = trainer._sft_step(trainer.batches.global_batch(0))
+        grads = {n: p.grad.clone() for n, p in trainer.params.items() if p.grad is not None}
+        trainer.close()
+        return logs["loss"], grads
+
+    loss, grads = step(False)
+    ckpt_loss, ckpt_grads = step(True)
+    assert ckpt_loss == pytest.approx(loss, rel=1e-6) and grads.keys() == ckpt_grads.keys()
+    assert any(".visual." in f".{n}" for n in grads)
+    for n, g in grads.items():
+        torch.testing.assert_close(ckpt_grads[n], g, atol=1e-6, rtol=1e-5)
+
+
 def test_opsd_runs_with_adapter_teacher_and_lowers_reverse_kl(setup, tmp_path):
     root, model = setup
     cfg = config(

@@ -227,10 +227,13 @@ class Backbone:
         greedy: bool = False,
         return_logprobs: bool = False,
         stop_token_ids: Sequence[int] | None = None,
+        shrink: bool = True,
     ) -> Generation:
         """Batched sampling (or greedy decoding) until end of turn or ``max_new_tokens``.
 
         ``stop_token_ids`` replaces the end-of-turn ids as stop tokens (the stop token is kept).
+        Greedy decoding without log-probs drops finished rows from the batch
+        (``generation.greedy_shrinking``); ``shrink=False`` uses ``model.generate`` throughout.
         """
         return generate(
             self,
@@ -241,6 +244,7 @@ class Backbone:
             greedy=greedy,
             return_logprobs=return_logprobs,
             stop_token_ids=stop_token_ids,
+            shrink=shrink,
         )
 
     @contextmanager
@@ -336,6 +340,27 @@ class Backbone:
         self.model.requires_grad_(False)
         self.model.eval()
         return self
+
+    def enable_gradient_checkpointing(self) -> Backbone:
+        """Recompute each decoder and vision block's activations in backward instead of keeping them
+        (transformers' own switch; non-reentrant, so frozen inputs under LoRA need no hook). Trades
+        about one more forward per step for activation memory; the gradients are unchanged."""
+        if not getattr(self.model, "supports_gradient_checkpointing", False):
+            raise ValueError(f"{type(self.model).__name__} does not support gradient checkpointing")
+        kwargs = {"use_reentrant": False}
+        if hasattr(self.model, "activation_checkpointing_enable"):  # transformers >= 5.2x's name
+            self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        return self
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        """Whether activations are recomputed in backward."""
+        flag = getattr(self.model, "is_activation_checkpointing", None)
+        if flag is None:
+            flag = getattr(self.model, "is_gradient_checkpointing", False)
+        return bool(flag)
 
     def set_vision_trainable(self, trainable: bool) -> Backbone:
         """Full fine-tuning: (un)freeze the vision tower and merger (no-op for LoRA weights)."""

@@ -12,6 +12,7 @@ import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from mgsd.models.guards import config_value
+from mgsd.models.positions import position_ids
 
 if TYPE_CHECKING:
     from mgsd.models.backbone import Backbone
@@ -91,12 +92,18 @@ def generate(
     greedy: bool,
     return_logprobs: bool,
     stop_token_ids: Sequence[int] | None,
+    shrink: bool = True,
 ) -> Generation:
     """``Backbone.generate`` (see there)."""
     bb.check_context(ctx)
     stops = [int(t) for t in stop_token_ids] if stop_token_ids is not None else bb.eos_token_ids
     if not greedy and temperature <= 0:
         raise ValueError("temperature must be > 0 for sampling (use greedy=True)")
+    if greedy and shrink and not return_logprobs:
+        with bb.eval_mode(), torch.no_grad(), bb.autocast():
+            seqs, finished = greedy_shrinking(bb, ctx, max_new_tokens, stops)
+        texts = bb.tokenizer.batch_decode(seqs, skip_special_tokens=True)
+        return Generation(sequences=seqs, texts=texts, finished=finished)
     prompt_len = ctx.input_ids.shape[1]
     recorder = RecordLogprobs(prompt_len) if return_logprobs else None
     processors = LogitsProcessorList([p for p in (recorder, Suppress(bb._never_sample())) if p is not None])
@@ -134,6 +141,65 @@ def generate(
     return Generation(
         sequences=seqs, texts=texts, finished=finished, logprobs=lps if step_lp is not None else None
     )
+
+
+def greedy_shrinking(
+    bb: Backbone, ctx: Context, max_new_tokens: int, stops: Sequence[int]
+) -> tuple[list[list[int]], list[bool]]:
+    """Greedy decoding in which a row leaves the batch, and its KV cache, once it has ended.
+
+    ``model.generate`` keeps a finished row in every later step until the longest row ends; on a
+    CPU, where a step costs in proportion to the rows, a batch of answers of 5 to 128 tokens then
+    spends about half its work on rows that are done. Same forward as ``generate`` (prefill with the
+    prompt's own M-RoPE positions from ``position_ids``, then one token per step, each new position
+    the row's last plus one, which is what ``generate`` derives from its cached rope deltas) and the
+    same suppressed ids; argmax of the raw logits. Returns each row's ids (cut after its stop token,
+    which is kept) and whether it stopped."""
+    model, stop_set = bb.model, {int(t) for t in stops}
+    never = bb._never_sample().to(ctx.device)
+    mask = ctx.attention_mask
+    pos = position_ids(model, ctx.input_ids, mask, ctx.extras)
+    kwargs: dict[str, Any] = {"attention_mask": mask, "position_ids": pos, "use_cache": True, **ctx.extras}
+    if "logits_to_keep" in bb._forward_params:
+        kwargs["logits_to_keep"] = 1
+    out = model(input_ids=ctx.input_ids, **kwargs)
+    # transformers renames the cache argument from ``past_key_values`` to ``cache`` (5.2x and later).
+    cache_arg = "cache" if "cache" in bb._forward_params else "past_key_values"
+    cache = getattr(out, "cache", None) or out.past_key_values
+    logits, last = out.logits[:, -1], pos[..., -1:]
+    rows = list(range(len(ctx)))
+    seqs: list[list[int]] = [[] for _ in rows]
+    finished = [False] * len(rows)
+    for step in range(max_new_tokens):
+        scores = logits.float()
+        if never.numel():
+            scores[:, never] = -float("inf")
+        nxt = scores.argmax(-1)
+        keep = []
+        for j, (row, tok) in enumerate(zip(rows, nxt.tolist(), strict=True)):
+            seqs[row].append(tok)
+            if tok in stop_set:
+                finished[row] = True
+            else:
+                keep.append(j)
+        if not keep or step == max_new_tokens - 1:
+            break
+        if len(keep) < len(rows):
+            idx = torch.as_tensor(keep, device=ctx.device)
+            cache.batch_select_indices(idx)
+            mask, last, nxt = mask[idx], last[..., idx, :], nxt[idx]
+            rows = [rows[j] for j in keep]
+        mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
+        last = last + 1
+        out = model(
+            input_ids=nxt[:, None],
+            attention_mask=mask,
+            position_ids=last,
+            use_cache=True,
+            **{cache_arg: cache},
+        )
+        logits = out.logits[:, -1]
+    return seqs, finished
 
 
 @contextmanager

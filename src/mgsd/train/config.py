@@ -120,6 +120,9 @@ class TrainConfig:
     # 1.2 GB per sequence. Equal to the 0 path up to float summation order; costs one more head matmul
     # per block. 0 = the logits path (bit-identical to earlier versions).
     logit_chunk: int = 0
+    # Recompute activations in backward (Backbone.enable_gradient_checkpointing): less memory for
+    # about one more forward per step; the same gradients. For the paper's shapes on a real GPU.
+    gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         validate(self)

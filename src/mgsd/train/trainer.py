@@ -138,6 +138,8 @@ class Trainer:
             bb.set_vision_trainable(cfg.lora.train_vision)
         if bb.has_lora and cfg.lora.full_vision:
             bb.set_vision_trainable(True)
+        if cfg.gradient_checkpointing:
+            bb.enable_gradient_checkpointing()
         return bb
 
     def _load_data(self) -> None:
