@@ -2,14 +2,21 @@
 
 Same tiny model, same held-out samples (image modality), same ``max_new_tokens``, greedy:
 
-1. ``evaluate_model`` with ``LocalBackend(batch_size=B)``  (batched generate calls);
-2. ``evaluate_model`` with ``LocalBackend(batch_size=1)``  (one generate call per sample);
-3. ``evaluate_model`` through ``mgsd serve`` on 127.0.0.1 with the OpenAI client (concurrency B,
+1. ``evaluate_model`` with ``LocalBackend(batch_size=B)``  (batched; greedy rows leave the batch
+   when they end, ``generation.greedy_shrinking``);
+2. the same through ``model.generate`` (``shrink=False``: finished rows stay until the batch ends);
+3. ``evaluate_model`` with ``LocalBackend(batch_size=1)``  (one generate call per sample);
+4. ``evaluate_model`` through ``mgsd serve`` on 127.0.0.1 with the OpenAI client (concurrency B,
    the server batching concurrent requests up to B).
 
 Each run starts from an empty output directory (no cache). Prints samples/s and the ratios.
 
-    python benchmarks/bench_eval.py [--preset tiny|small] [--per-level 4] [--new-tokens 32] [--batch 8]
+    python benchmarks/bench_eval.py [--preset tiny|small | --model DIR] [--per-level 4] [--new-tokens 32]
+        [--batch 8]
+
+A random preset writes every answer to ``--new-tokens`` (no row ends early, so 1 and 2 tie); a
+trained model (``--model shipped`` for the package's tiny base) ends its answers at different
+lengths, as in a real evaluation.
 """
 
 from __future__ import annotations
@@ -42,6 +49,9 @@ def timed(backend: object, data: Path, out: Path, gen: GenerationConfig, batch: 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="tiny", choices=["tiny", "small"])
+    parser.add_argument(
+        "--model", help="a model directory instead of a random preset ('shipped': the tiny base)"
+    )
     parser.add_argument("--per-level", type=int, default=4)
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--batch", type=int, default=8)
@@ -65,10 +75,15 @@ def main() -> int:
                 progress=False,
                 workers=1,
             )
-        bb = Backbone.load(init_tiny(root / "model", preset=args.preset), device="cpu")
+        if args.model:
+            from mgsd.pipeline.base_model import shipped_base
+
+            bb = Backbone.load(shipped_base() if args.model == "shipped" else args.model, device="cpu")
+        else:
+            bb = Backbone.load(init_tiny(root / "model", preset=args.preset), device="cpu")
         gen = GenerationConfig(max_new_tokens=args.new_tokens)
         print(
-            f"{args.preset} preset ({bb.num_parameters() / 1e6:.1f}M parameters),"
+            f"{args.model or args.preset + ' preset'} ({bb.num_parameters() / 1e6:.1f}M parameters),"
             f" {torch.get_num_threads()} threads, max_new_tokens {args.new_tokens}, greedy, image modality"
         )
         timed(
@@ -76,11 +91,15 @@ def main() -> int:
         )  # first-call costs
 
         n, t_batched = timed(LocalBackend(bb, batch_size=args.batch), data, root / "batched", gen, args.batch)
+        hf = LocalBackend(bb, batch_size=args.batch, shrink=False)
+        _, t_hf = timed(hf, data, root / "hf", gen, args.batch)
         _, t_loop = timed(LocalBackend(bb, batch_size=1), data, root / "loop", gen, 1)
         print(f"samples                       {n}")
         print(
             f"local batched (batch {args.batch:>2})     {n / t_batched:8.2f} samples/s  ({t_batched:.1f} s)"
         )
+        print(f"local batched, model.generate {n / t_hf:8.2f} samples/s  ({t_hf:.1f} s)")
+        print(f"ratio rows leaving / staying  {t_hf / t_batched:8.2f}x")
         print(f"local per-sample loop         {n / t_loop:8.2f} samples/s  ({t_loop:.1f} s)")
         print(f"ratio batched / loop          {t_loop / t_batched:8.2f}x")
 

@@ -62,12 +62,15 @@ def isolate_failures(
 class LocalBackend:
     """``generate(queries, cfg) -> list[Reply]`` over a ``Backbone``, ``batch_size`` queries per call."""
 
-    def __init__(self, backbone: Any, *, batch_size: int = 8, name: str | None = None) -> None:
+    def __init__(
+        self, backbone: Any, *, batch_size: int = 8, name: str | None = None, shrink: bool = True
+    ) -> None:
         if batch_size < 1:
             raise ValueError("--batch-size must be at least 1")
         self.bb = backbone
         self.batch_size = batch_size
         self.name = name
+        self.shrink = shrink  # greedy: finished rows leave the batch (Backbone.generate); same tokens
         # The weights' content, so cached answers of other (e.g. retrained) weights at the same path
         # are never reused; a backbone built in memory has none.
         self.weights: str | None = None
@@ -134,6 +137,7 @@ class LocalBackend:
             temperature=max(cfg.temperature, 1e-5),
             top_p=cfg.top_p,
             greedy=cfg.greedy,
+            shrink=self.shrink,
         )
         return ctx, gen
 
