@@ -269,13 +269,15 @@ def format_gates(g: Mapping[str, Any]) -> list[str]:
         return f"{100 * block['success']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
 
     t = g["teacher"]
-    rows = ["| input | macro success [95% CI] | FrozenLake | Maze | MiniBehaviour |", "|---|---|---|---|---|"]
+    names = list(g["text"]["by_task"])  # the tasks the gates measured, in their order
+    titles = " | ".join(get_task(n).title for n in names)
+    rows = [f"| input | macro success [95% CI] | {titles} |", "|---|---|" + "---|" * len(names)]
     for label, block in (
         ("teacher context, state + plan (copy)", t["teacher+plan"]),
         ("teacher context, state only", t["teacher"]),
         ("text student (symbolic upper bound)", g["text"]),
         ("image student", g["image"]),
     ):
-        tasks = " | ".join(cell(block["by_task"][k]) for k in ("frozenlake", "maze", "minibehaviour"))
+        tasks = " | ".join(cell(block["by_task"][k]) for k in names)
         rows.append(f"| {label} | {cell(block['macro'])} | {tasks} |")
     return rows
