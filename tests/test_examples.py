@@ -77,3 +77,47 @@ def test_scene_questions_are_refused_outside_pretraining() -> None:
     with pytest.raises(ValueError, match="scene_questions"):
         TrainConfig(objective="pretrain", scene_questions=1.5)
     assert TrainConfig(objective="pretrain", scene_questions=0.5).scene_questions == 0.5
+
+
+def test_facts_under_the_plan_prompt_train_the_answer_opening_never_the_plan() -> None:
+    """A share of the perception rows asks the plan prompt and targets only the facts block, with
+    no end-of-turn; tokenised, that target is exactly how the reference plan answer begins."""
+    from mgsd.models import Backbone
+    from mgsd.pipeline.base_model import shipped_base
+    from mgsd.prompts import perception_prompt, reference_response, student_prompt
+
+    rows = _rows(60)
+    task = get_task("frozenlake")
+    exs = build_examples(rows, "perception", facts_under_plan_prompt=0.5)
+    opening = [e for e in exs if e.open_end]
+    asked = [e for e in exs if not e.open_end]
+    assert 15 < len(opening) < 45 and len(opening) + len(asked) == 60
+    bb = Backbone.load(shipped_base())
+    for e, r in zip(exs, rows, strict=True):
+        state = task.load_state(r["state"])
+        if e.open_end:
+            assert e.prompt == student_prompt(task) and e.target == task.facts(state)
+            assert "<answer>" not in e.target and "Path" not in e.target
+            ids = bb.encode_responses([e.target], add_eos=False)[0]
+            full = bb.encode_responses([reference_response(task, state, task.split_plan(r["optimal_plan"]))])[
+                0
+            ]
+            assert full[: len(ids)] == ids and len(ids) < len(full)
+        else:
+            assert e.prompt == perception_prompt(task, state)
+    with pytest.raises(ValueError, match="facts_under_plan_prompt is for the perception objective"):
+        TrainConfig(objective="plan", facts_under_plan_prompt=0.5)
+
+
+@pytest.mark.parametrize("name", ["frozenlake", "maze", "minibehaviour"])
+def test_the_facts_opening_tokenises_as_the_reference_answer_begins(name: str) -> None:
+    from mgsd.models import Backbone
+    from mgsd.pipeline.base_model import shipped_base
+    from mgsd.prompts import reference_response
+
+    task, bb = get_task(name), Backbone.load(shipped_base())
+    for seed in range(5):
+        state = task.generate(task.levels[-1], random.Random(seed))
+        ids = bb.encode_responses([task.facts(state)], add_eos=False)[0]
+        full = bb.encode_responses([reference_response(task, state, task.solve(state))])[0]
+        assert full[: len(ids)] == ids, (name, seed)

@@ -37,6 +37,7 @@ class Example:
     teacher_system: str | None = None  # privileged teacher turn (OPSD)
     teacher_prompt: str | None = None
     optimal_length: int = 0
+    open_end: bool = False  # the target is the start of an answer: no end-of-turn token after it
 
     def pil_image(self) -> Image.Image | None:
         return None if self.image is None else decode_image(self.image)
@@ -51,6 +52,7 @@ def build_examples(
     replay_symbolic: float = 0.0,
     scene_questions: float = 0.0,
     question_kinds: Sequence[str] = QUESTION_KINDS,
+    facts_under_plan_prompt: float = 0.0,
 ) -> list[Example]:
     """Examples for ``objective``: ``perception`` (image -> facts block), ``plan`` (image ->
     reasoned plan), ``symbolic`` (text state -> reasoned plan), ``opsd`` (image prompt + privileged
@@ -59,7 +61,9 @@ def build_examples(
     ``symbolic`` example in the plain text-student form (for validation). ``replay_symbolic``: the
     share of ``perception`` / ``plan`` rows posed as text-student ``symbolic`` examples instead;
     ``scene_questions``: the share of scene rows posed as one short question instead of the whole
-    description, of one of ``question_kinds``."""
+    description, of one of ``question_kinds``; ``facts_under_plan_prompt``: the share of the
+    ``perception`` rows posed as the plan prompt with the facts block a reasoned answer opens with as
+    the target, open-ended (no end-of-turn: the answer goes on to plan, untrained)."""
     out = []
     for r in rows:
         if r["task"] == SCENE_TASK:
@@ -96,6 +100,16 @@ def build_examples(
         }
         if replay_symbolic > 0 and objective in ("perception", "plan") and _share(r["id"]) < replay_symbolic:
             out.append(_symbolic(common, task, state, actions, style=0))
+        elif objective == "perception" and _share(r["id"], "facts:") < facts_under_plan_prompt:
+            out.append(
+                Example(
+                    **common,
+                    prompt=student_prompt(task),
+                    image=r["image"],
+                    target=task.facts(state),
+                    open_end=True,
+                )
+            )
         elif objective == "perception":
             out.append(
                 Example(
@@ -154,9 +168,10 @@ def perception_twin(e: Example) -> Example:
     )
 
 
-def _share(row_id: str) -> float:
-    """A fixed pseudo-random number in [0, 1) per row id (independent of the ``symbolic`` style hash)."""
-    return zlib.crc32(b"replay:" + row_id.encode()) / 2**32
+def _share(row_id: str, salt: str = "replay:") -> float:
+    """A fixed pseudo-random number in [0, 1) per row id and salt (independent of the ``symbolic``
+    style hash; each option its own salt, so their shares are independent)."""
+    return zlib.crc32(salt.encode() + row_id.encode()) / 2**32
 
 
 def _symbolic(common: dict[str, Any], task: Any, state: Any, actions: Any, style: int) -> Example:

@@ -58,7 +58,7 @@ def sft_step(
     """Cross-entropy on the target tokens, normalised by the global number of target tokens; the
     gradients of every micro-batch (scaled by ``weight``, for an auxiliary use) accumulate in the
     parameters. Returns the step's logs (unscaled)."""
-    targets = bb.encode_responses([e.target or "" for e in exs])
+    targets = [bb.encode_responses([e.target or ""], add_eos=not e.open_end)[0] for e in exs]
     n_tokens = sum_all(float(sum(len(t) for t in targets)))
     n_images = sum_all(float(sum(e.image is not None for e in exs)))
     loss_sum, dense_acc, grounded = 0.0, [], []

@@ -151,6 +151,7 @@ class Trainer:
             cfg.objective,
             privileged=cfg.opsd.privileged,
             replay_symbolic=cfg.replay_symbolic,
+            facts_under_plan_prompt=cfg.facts_under_plan_prompt,
             scene_questions=cfg.scene_questions,
             question_kinds=cfg.question_kinds or QUESTION_KINDS,
         )
