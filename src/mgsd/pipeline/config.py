@@ -84,12 +84,22 @@ class PipelineConfig:
             lr=1e-3,
             lora_r=16,
             warmup_ratio=0.1,
-            overrides=["optim.vision_lr_scale=0.2", "replay_symbolic=0.3", "grounding_weight=1.0"],
+            overrides=[
+                "optim.vision_lr_scale=0.2",
+                "replay_symbolic=0.3",
+                "grounding_weight=1.0",
+                "facts_under_plan_prompt=0.5",
+            ],
         )
     )
     stage2: StageSettings = field(
         default_factory=lambda: StageSettings(
-            steps=60, lr=2e-4, lora_r=16, max_new_tokens=128, schedule="constant"
+            steps=60,
+            lr=2e-4,
+            lora_r=16,
+            max_new_tokens=128,
+            schedule="constant",
+            overrides=["opsd.loss=full"],
         )
     )
     baselines: list[str] = field(default_factory=lambda: ["plan_sft", "opsd_no_coldstart", "mgsd_no_plan"])
