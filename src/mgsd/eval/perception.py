@@ -65,11 +65,19 @@ def aggregate_perception(
     return out
 
 
-def score_perception_record(sample: Mapping[str, Any], record: Mapping[str, Any]) -> dict[str, Any]:
-    """One sample's perception answer scored question by question (a failed request: all wrong)."""
+def score_perception_record(
+    sample: Mapping[str, Any], record: Mapping[str, Any], *, plan_answer: bool = False
+) -> dict[str, Any]:
+    """One sample's perception answer scored question by question (a failed request: all wrong).
+    ``plan_answer``: ``record`` is a plan answer; its opening facts block is scored, on the
+    questions a facts block answers (not the legal moves)."""
     task = get_task(sample["task"])
-    items = task.perception(task.load_state(sample["state"]))
-    scored = score_perception(items, None if record.get("error") else record.get("response"))
+    state = task.load_state(sample["state"])
+    items = task.fact_items(state) if plan_answer else task.perception(state)
+    response = None if record.get("error") else record.get("response")
+    if plan_answer and response is not None:
+        response = answer_facts(response)
+    scored = score_perception(items, response)
     return {
         "id": sample["id"],
         "task": sample["task"],
@@ -89,19 +97,12 @@ def score_answer_facts(
 
     A plan answer restates the state in the facts format before it plans (prompts/templates.py), so
     this is what the model perceives while it plans, and what stage 2's privileged teacher scores
-    token by token; the perception probe asks another prompt, and after stage 2 the two can differ.
-    Only the questions the facts block answers count (not the legal moves)."""
+    token by token; the perception probe asks another prompt, and after stage 2 the two can differ."""
     by_id = {r["id"]: r for r in plan_rows}
     missing = [s["id"] for s in samples if s["id"] not in by_id]
     if missing:
         raise ValueError(f"{len(missing)} samples have no plan answer (first: {missing[0]})")
-    rows = []
-    for s in samples:
-        task, record = get_task(s["task"]), by_id[s["id"]]
-        items = [i for i in task.perception(task.load_state(s["state"])) if i.kind != "actions"]
-        response = None if record.get("error") else answer_facts(record.get("response") or "")
-        scored = score_perception(items, response)
-        rows.append({"id": s["id"], "task": s["task"], "level": int(s["level"]), **scored})
+    rows = [score_perception_record(s, by_id[s["id"]], plan_answer=True) for s in samples]
     metrics = aggregate_perception(rows)
     metrics["source"] = "the facts block of the image plan answers"
     return metrics

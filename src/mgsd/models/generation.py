@@ -165,7 +165,9 @@ def greedy_shrinking(
     out = model(input_ids=ctx.input_ids, **kwargs)
     # transformers renames the cache argument from ``past_key_values`` to ``cache`` (5.2x and later).
     cache_arg = "cache" if "cache" in bb._forward_params else "past_key_values"
-    cache = getattr(out, "cache", None) or out.past_key_values
+    cache = getattr(out, "cache", None)
+    if cache is None:
+        cache = out.past_key_values
     logits, last = out.logits[:, -1], pos[..., -1:]
     rows = list(range(len(ctx)))
     seqs: list[list[int]] = [[] for _ in rows]

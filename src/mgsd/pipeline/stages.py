@@ -19,7 +19,7 @@ from mgsd.pipeline.layout import RunLayout
 from mgsd.tasks import get_task
 
 BASELINES = ("plan_sft", "opsd_no_coldstart", "mgsd_no_plan")
-_PERCEPTION_ONLY = ("facts_under_plan_prompt=",)  # stage-1 overrides the plan SFT baseline drops
+_PERCEPTION_ONLY = frozenset({"facts_under_plan_prompt"})  # stage-1 keys the plan SFT baseline drops
 _WITH_PLAN = ("opsd.teacher=base", "opsd.privileged=state+plan")
 _WITHOUT_PLAN = ("opsd.teacher=base", "opsd.privileged=state")
 
@@ -62,7 +62,7 @@ def training_stages(cfg: PipelineConfig, layout: RunLayout, base: Path) -> list[
     if "plan_sft" in cfg.baselines:  # as many samples as stages 1 + 2 together
         # Stage 1's settings, less what only perception rows have: a plan answer already opens
         # with the facts block, under the plan prompt.
-        kept = [o for o in cfg.stage1.overrides if not o.startswith(_PERCEPTION_ONLY)]
+        kept = [o for o in cfg.stage1.overrides if o.partition("=")[0].strip() not in _PERCEPTION_ONLY]
         steps = cfg.stage1.steps + cfg.stage2.steps
         st = StageSettings(**{**to_dict(cfg.stage1), "steps": steps, "overrides": kept})
         stages.append(spec("baseline: plan SFT (same samples)", "plan_sft", "plan", st, base))

@@ -14,6 +14,11 @@ from typing import Any
 
 from mgsd.tasks import MOVE_WORDS, Task
 
+PATH_MARK = "Path:"
+# Where the restated facts of an answer end: its path line or its answer block.
+_FACTS_END = re.compile(r"^[ \t]*(?:" + re.escape(PATH_MARK) + r"|<answer>)", re.MULTILINE | re.IGNORECASE)
+
+
 _OUTPUT = (
     "First restate the size, positions and {things} with 0-based (row,col), then the path (the cells "
     "you walk through), then one answer block with the whole plan, {fmt}."
@@ -101,11 +106,6 @@ def _path_line(task: Task, state: dict[str, Any], plan: list[str]) -> str:
     cells = [_cell(task.position(sim)) for sim in run.visited]
     steps = [a if a not in MOVE_WORDS else cell for a, cell in zip(plan, cells[1:], strict=True)]
     return f"{PATH_MARK} " + " ".join([cells[0], *steps]) + "."
-
-
-PATH_MARK = "Path:"
-# Where the restated facts of an answer end: its path line or its answer block.
-_FACTS_END = re.compile(r"^[ \t]*(?:" + re.escape(PATH_MARK) + r"|<answer>)", re.MULTILINE | re.IGNORECASE)
 
 
 def answer_facts(response: str) -> str:

@@ -146,6 +146,10 @@ class Task(ABC):
     def perception(self, state: dict[str, Any]) -> list[PerceptionItem]:
         """The perception questions of this state with their target answers, in order."""
 
+    def fact_items(self, state: dict[str, Any], *, with_moves: bool = False) -> list[PerceptionItem]:
+        """The perception items a facts block states: all but the legal moves, unless asked."""
+        return [i for i in self.perception(state) if with_moves or i.kind != "actions"]
+
     def facts(self, state: dict[str, Any], *, with_moves: bool = False) -> str:
         """The state as ``key: answer`` lines (the perception answers; the legal moves only if asked).
 
@@ -155,8 +159,7 @@ class Task(ABC):
         """
         return "\n".join(
             f"{item.key}:{chr(10) if chr(10) in item.answer else ' '}{item.answer}"
-            for item in self.perception(state)
-            if with_moves or item.kind != "actions"
+            for item in self.fact_items(state, with_moves=with_moves)
         )
 
     # -- generic machinery built on ``step`` ------------------------------------------------

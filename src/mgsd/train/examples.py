@@ -111,14 +111,7 @@ def build_examples(
                 )
             )
         elif objective == "perception":
-            out.append(
-                Example(
-                    **common,
-                    prompt=perception_prompt(task, state),
-                    image=r["image"],
-                    target=perception_target(task, state),
-                )
-            )
+            out.append(_perception(common, task, state, r["image"]))
         elif objective == "plan":
             out.append(
                 Example(
@@ -155,16 +148,20 @@ def build_examples(
 def perception_twin(e: Example) -> Example:
     """The perception example (image -> facts block) of a stage-2 example's image and state."""
     task = get_task(e.task)
-    state = task.load_state(e.state)
+    common = {
+        "id": e.id,
+        "task": e.task,
+        "level": e.level,
+        "state": e.state,
+        "optimal_length": e.optimal_length,
+    }
+    return _perception(common, task, task.load_state(e.state), e.image)
+
+
+def _perception(common: dict[str, Any], task: Any, state: Any, image: bytes | None) -> Example:
+    """Image + the perception questions -> the facts block with the legal moves."""
     return Example(
-        id=e.id,
-        task=e.task,
-        level=e.level,
-        state=e.state,
-        prompt=perception_prompt(task, state),
-        image=e.image,
-        target=perception_target(task, state),
-        optimal_length=e.optimal_length,
+        **common, prompt=perception_prompt(task, state), image=image, target=perception_target(task, state)
     )
 
 
