@@ -2,8 +2,9 @@
 
 Same tiny model, same held-out samples (image modality), same ``max_new_tokens``, greedy:
 
-1. ``evaluate_model`` with ``LocalBackend(batch_size=B)``  (batched; greedy rows leave the batch
-   when they end, ``generation.greedy_shrinking``);
+1. ``evaluate_model`` with ``LocalBackend(batch_size=B)``  (batched, one task per batch; greedy rows
+   leave the batch when they end, ``generation.greedy_shrinking``, and the instruction the rows share
+   is prefilled once, models/prefix.py); and the same with ``share_prefix=False``;
 2. the same through ``model.generate`` (``shrink=False``: finished rows stay until the batch ends);
 3. ``evaluate_model`` with ``LocalBackend(batch_size=1)``  (one generate call per sample);
 4. ``evaluate_model`` through ``mgsd serve`` on 127.0.0.1 with the OpenAI client (concurrency B,
@@ -93,6 +94,8 @@ def main() -> int:
         n, t_batched = timed(LocalBackend(bb, batch_size=args.batch), data, root / "batched", gen, args.batch)
         hf = LocalBackend(bb, batch_size=args.batch, shrink=False)
         _, t_hf = timed(hf, data, root / "hf", gen, args.batch)
+        whole = LocalBackend(bb, batch_size=args.batch, share_prefix=False)
+        _, t_whole = timed(whole, data, root / "whole", gen, args.batch)
         _, t_loop = timed(LocalBackend(bb, batch_size=1), data, root / "loop", gen, 1)
         print(f"samples                       {n}")
         print(
@@ -100,6 +103,8 @@ def main() -> int:
         )
         print(f"local batched, model.generate {n / t_hf:8.2f} samples/s  ({t_hf:.1f} s)")
         print(f"ratio rows leaving / staying  {t_hf / t_batched:8.2f}x")
+        print(f"local batched, no shared prefix {n / t_whole:6.2f} samples/s  ({t_whole:.1f} s)")
+        print(f"ratio shared prefix once / not {t_whole / t_batched:7.2f}x")
         print(f"local per-sample loop         {n / t_loop:8.2f} samples/s  ({t_loop:.1f} s)")
         print(f"ratio batched / loop          {t_loop / t_batched:8.2f}x")
 

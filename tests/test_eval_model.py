@@ -23,7 +23,7 @@ from mgsd.eval.gap import CATEGORIES, attribute, evaluate_gap, format_gap
 from mgsd.eval.model import evaluate_model
 from mgsd.eval.perception import evaluate_perception
 from mgsd.eval.queries import load_samples
-from mgsd.eval.responses import CACHE_NAME
+from mgsd.eval.responses import CACHE_NAME, task_batches
 from mgsd.files import read_jsonl
 from mgsd.models import init_tiny
 from mgsd.prompts import perception_target, text_student_prompt
@@ -424,3 +424,15 @@ def test_local_backend_fingerprints_its_weights(tiny: Path, tmp_path: Path) -> N
     assert LocalBackend.load(str(copy)).describe()["weights"] == first  # content, not path
     init_tiny(copy, preset="tiny", seed=1)  # "retrained" at the same path
     assert LocalBackend.load(str(copy)).describe()["weights"] != first
+
+
+def test_batches_hold_one_task_each_and_every_sample_once() -> None:
+    """A batch never straddles two tasks (its prompts then share their instruction), in order."""
+    samples = [{"id": str(i), "task": t} for i, t in enumerate("aaaaabbbaa")]
+    batches = task_batches(samples, 3)
+    assert [[s["id"] for s in b] for b in batches] == [
+        ["0", "1", "2"],
+        ["3", "4", "8"],
+        ["9"],
+        ["5", "6", "7"],
+    ]

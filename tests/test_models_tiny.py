@@ -13,6 +13,8 @@ from transformers import AutoModelForImageTextToText
 
 from mgsd.models import Backbone, build_tokenizer, init_tiny
 from mgsd.models.cli import add_parser
+from mgsd.models.context import Context
+from mgsd.models.prefix import MIN_SHARED, hoist_prefix, shared_prefix_length
 
 PROMPTS = ["Plan a path from (0,0) to (2,2).", "Where is the printer?"]
 
@@ -260,10 +262,48 @@ def test_greedy_rows_leaving_the_batch_match_model_generate(tmp_path: Path) -> N
         )
     samples = load_samples([tmp_path])
     bb = Backbone.load(shipped_base())
-    for modality in ("image", "text"):
-        ctx = bb.encode([query_messages(plan_query(s, modality)) for s in samples])
+    never = bb._never_sample().tolist()
+    batches = [(modality, samples) for modality in ("image", "text")]  # mixed tasks: little shared
+    # One task per batch: its instruction is a shared prefix, prefilled once (models/prefix.py).
+    batches += [
+        (m, [s for s in samples if s["task"] == t])
+        for m in ("image", "text")
+        for t in ("frozenlake", "maze", "minibehaviour")
+    ]
+    for modality, group in batches:
+        ctx = bb.encode([query_messages(plan_query(s, modality)) for s in group])
+        if len(group) < len(samples):
+            assert shared_prefix_length(ctx, never) >= MIN_SHARED
         slow = bb.generate(ctx, max_new_tokens=48, greedy=True, shrink=False)
         fast = bb.generate(ctx, max_new_tokens=48, greedy=True)
         assert fast.sequences == slow.sequences and fast.finished == slow.finished
         assert fast.texts == slow.texts
-        assert len({len(s) for s in fast.sequences}) > 1, "rows should end at different steps"
+        unshared = bb.generate(ctx, max_new_tokens=48, greedy=True, share_prefix=False)
+        assert unshared.sequences == fast.sequences
+    mixed = bb.encode([query_messages(plan_query(s, "image")) for s in samples])
+    rows = bb.generate(mixed, max_new_tokens=48, greedy=True).sequences
+    assert len({len(s) for s in rows}) > 1, "rows should end at different steps"
+
+
+def test_shared_prefix_layout_keeps_every_token_and_moves_the_padding() -> None:
+    """``[prefix | pad… rest]``: the rest keeps its column, the prefix stops before a vision marker
+    and leaves every row a token of its own; one row shares nothing."""
+    pad, vision = 0, 99
+    rows = [[5, 6, 7, 8, vision, 1, 2], [5, 6, 7, 8, vision, 3], [5, 6, 7, 8, vision, 4, 4, 4]]
+    L = max(map(len, rows))
+    ids = torch.tensor([[pad] * (L - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (L - len(r)) + [1] * len(r) for r in rows])
+    kind = (ids == vision).long()  # a per-token extra travels with its token
+    ctx = Context(ids, mask, extras={"mm_token_type_ids": kind})
+    assert shared_prefix_length(ctx, [vision]) == 4
+    assert shared_prefix_length(ctx.select([0]), [vision]) == 0
+    assert shared_prefix_length(ctx, []) == 5  # without the marker: up to one own token per row
+    out = hoist_prefix(ctx, 4, pad)
+    assert out.attention_mask.tolist() == [
+        [1, 1, 1, 1, 0, 1, 1, 1],
+        [1, 1, 1, 1, 0, 0, 1, 1],
+        [1, 1, 1, 1, 1, 1, 1, 1],
+    ]
+    assert out.rows() == ctx.rows()
+    assert out.input_ids[1, 4:6].tolist() == [pad, pad]
+    assert (out.extras["mm_token_type_ids"] == (out.input_ids == vision).long()).all()

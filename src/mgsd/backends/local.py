@@ -63,7 +63,13 @@ class LocalBackend:
     """``generate(queries, cfg) -> list[Reply]`` over a ``Backbone``, ``batch_size`` queries per call."""
 
     def __init__(
-        self, backbone: Any, *, batch_size: int = 8, name: str | None = None, shrink: bool = True
+        self,
+        backbone: Any,
+        *,
+        batch_size: int = 8,
+        name: str | None = None,
+        shrink: bool = True,
+        share_prefix: bool = True,
     ) -> None:
         if batch_size < 1:
             raise ValueError("--batch-size must be at least 1")
@@ -71,6 +77,7 @@ class LocalBackend:
         self.batch_size = batch_size
         self.name = name
         self.shrink = shrink  # greedy: finished rows leave the batch (Backbone.generate); same tokens
+        self.share_prefix = share_prefix  # greedy: the rows' common prefix prefilled once; same tokens
         # The weights' content, so cached answers of other (e.g. retrained) weights at the same path
         # are never reused; a backbone built in memory has none.
         self.weights: str | None = None
@@ -138,6 +145,7 @@ class LocalBackend:
             top_p=cfg.top_p,
             greedy=cfg.greedy,
             shrink=self.shrink,
+            share_prefix=self.share_prefix,
         )
         return ctx, gen
 

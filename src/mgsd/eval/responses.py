@@ -115,6 +115,16 @@ def response_record(sample_id: str, reply: Reply, key: str | None = None) -> dic
 
 # Over 60 lines, kept whole: the cache lookup, the batches, the cache appends and the progress bar
 # share one set of records; split, the pieces would pass all of them back and forth.
+def task_batches(samples: Sequence[Mapping[str, Any]], size: int) -> list[list[Mapping[str, Any]]]:
+    """Batches of at most ``size`` samples, each of one task (tasks in order of first appearance):
+    the prompts of a task share their instruction, which a local model prefills once per batch
+    (models/prefix.py)."""
+    groups: dict[Any, list[Mapping[str, Any]]] = {}
+    for s in samples:
+        groups.setdefault(s.get("task"), []).append(s)
+    return [g[i : i + size] for g in groups.values() for i in range(0, len(g), size)]
+
+
 def run_queries(
     backend: Backend,
     samples: Sequence[Mapping[str, Any]],
@@ -160,8 +170,7 @@ def run_queries(
         disable=not progress,
     )
     try:
-        for start in range(0, len(pending), batch_size):
-            chunk = pending[start : start + batch_size]
+        for chunk in task_batches(pending, batch_size):
             queries: list[Query] = []
             for s in chunk:
                 try:

@@ -228,12 +228,14 @@ class Backbone:
         return_logprobs: bool = False,
         stop_token_ids: Sequence[int] | None = None,
         shrink: bool = True,
+        share_prefix: bool = True,
     ) -> Generation:
         """Batched sampling (or greedy decoding) until end of turn or ``max_new_tokens``.
 
         ``stop_token_ids`` replaces the end-of-turn ids as stop tokens (the stop token is kept).
         Greedy decoding without log-probs drops finished rows from the batch
-        (``generation.greedy_shrinking``); ``shrink=False`` uses ``model.generate`` throughout.
+        (``generation.greedy_shrinking``) and prefills the prompt part all rows share once
+        (``share_prefix``, models/prefix.py); ``shrink=False`` uses ``model.generate`` throughout.
         """
         return generate(
             self,
@@ -245,6 +247,7 @@ class Backbone:
             return_logprobs=return_logprobs,
             stop_token_ids=stop_token_ids,
             shrink=shrink,
+            share_prefix=share_prefix,
         )
 
     @contextmanager

@@ -13,6 +13,7 @@ from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from mgsd.models.guards import config_value
 from mgsd.models.positions import position_ids
+from mgsd.models.prefix import MIN_SHARED, hoist_prefix, shared_prefix_length
 
 if TYPE_CHECKING:
     from mgsd.models.backbone import Backbone
@@ -93,6 +94,7 @@ def generate(
     return_logprobs: bool,
     stop_token_ids: Sequence[int] | None,
     shrink: bool = True,
+    share_prefix: bool = True,
 ) -> Generation:
     """``Backbone.generate`` (see there)."""
     bb.check_context(ctx)
@@ -101,7 +103,7 @@ def generate(
         raise ValueError("temperature must be > 0 for sampling (use greedy=True)")
     if greedy and shrink and not return_logprobs:
         with bb.eval_mode(), torch.no_grad(), bb.autocast():
-            seqs, finished = greedy_shrinking(bb, ctx, max_new_tokens, stops)
+            seqs, finished = greedy_shrinking(bb, ctx, max_new_tokens, stops, share_prefix)
         texts = bb.tokenizer.batch_decode(seqs, skip_special_tokens=True)
         return Generation(sequences=seqs, texts=texts, finished=finished)
     prompt_len = ctx.input_ids.shape[1]
@@ -144,7 +146,7 @@ def generate(
 
 
 def greedy_shrinking(
-    bb: Backbone, ctx: Context, max_new_tokens: int, stops: Sequence[int]
+    bb: Backbone, ctx: Context, max_new_tokens: int, stops: Sequence[int], share_prefix: bool = True
 ) -> tuple[list[list[int]], list[bool]]:
     """Greedy decoding in which a row leaves the batch, and its KV cache, once it has ended.
 
@@ -153,21 +155,13 @@ def greedy_shrinking(
     spends about half its work on rows that are done. Same forward as ``generate`` (prefill with the
     prompt's own M-RoPE positions from ``position_ids``, then one token per step, each new position
     the row's last plus one, which is what ``generate`` derives from its cached rope deltas) and the
-    same suppressed ids; argmax of the raw logits. Returns each row's ids (cut after its stop token,
-    which is kept) and whether it stopped."""
+    same suppressed ids; argmax of the raw logits. The prompt part every row shares is prefilled once
+    (``share_prefix``, models/prefix.py). Returns each row's ids (cut after its stop token, which is
+    kept) and whether it stopped."""
     model, stop_set = bb.model, {int(t) for t in stops}
     never = bb._never_sample().to(ctx.device)
-    mask = ctx.attention_mask
-    pos = position_ids(model, ctx.input_ids, mask, ctx.extras)
-    kwargs: dict[str, Any] = {"attention_mask": mask, "position_ids": pos, "use_cache": True, **ctx.extras}
-    if "logits_to_keep" in bb._forward_params:
-        kwargs["logits_to_keep"] = 1
-    out = model(input_ids=ctx.input_ids, **kwargs)
-    # transformers renames the cache argument from ``past_key_values`` to ``cache`` (5.2x and later).
-    cache_arg = "cache" if "cache" in bb._forward_params else "past_key_values"
-    cache = getattr(out, "cache", None)
-    if cache is None:
-        cache = out.past_key_values
+    ctx, out, pos, cache_arg = _prefill(bb, ctx, never.tolist() if share_prefix else None)
+    cache, mask = _cache_of(out), ctx.attention_mask
     logits, last = out.logits[:, -1], pos[..., -1:]
     rows = list(range(len(ctx)))
     seqs: list[list[int]] = [[] for _ in rows]
@@ -202,6 +196,40 @@ def greedy_shrinking(
         )
         logits = out.logits[:, -1]
     return seqs, finished
+
+
+def _prefill(bb: Backbone, ctx: Context, vision_ids: list[int] | None) -> tuple[Context, Any, Any, str]:
+    """The prompt's forward, the prefix every row shares run once when ``vision_ids`` is given
+    (models/prefix.py): ``(ctx as laid out, output, position ids, the cache argument's name)``."""
+    model = bb.model
+    shared = shared_prefix_length(ctx, vision_ids) if vision_ids is not None else 0
+    if shared < MIN_SHARED:
+        shared = 0
+    else:
+        ctx = hoist_prefix(ctx, shared, bb.pad_token_id)
+    mask = ctx.attention_mask
+    pos = position_ids(model, ctx.input_ids, mask, ctx.extras)
+    # transformers renames the cache argument from ``past_key_values`` to ``cache`` (5.2x and later).
+    cache_arg = "cache" if "cache" in bb._forward_params else "past_key_values"
+    head = {"logits_to_keep": 1} if "logits_to_keep" in bb._forward_params else {}
+    kwargs: dict[str, Any] = {"attention_mask": mask, "use_cache": True, **head, **ctx.extras}
+    if shared:  # batch 1, its cache repeated over the rows
+        ids, pos1 = ctx.input_ids[:1, :shared], pos[..., :1, :shared]
+        first = model(
+            input_ids=ids, attention_mask=mask[:1, :shared], position_ids=pos1, use_cache=True, **head
+        )
+        cache = _cache_of(first)
+        cache.batch_repeat_interleave(len(ctx))
+        kwargs[cache_arg] = cache
+        for key in ctx.per_token_keys():
+            kwargs[key] = ctx.extras[key][:, shared:]
+    out = model(input_ids=ctx.input_ids[:, shared:], position_ids=pos[..., shared:], **kwargs)
+    return ctx, out, pos, cache_arg
+
+
+def _cache_of(out: Any) -> Any:
+    cache = getattr(out, "cache", None)
+    return out.past_key_values if cache is None else cache
 
 
 @contextmanager
