@@ -6,6 +6,8 @@ import json
 import random
 from collections import Counter
 
+import pytest
+
 from mgsd.data.generate import generate_rows, state_hash
 from mgsd.data.scenes import (
     QUESTION_KINDS,
@@ -272,3 +274,19 @@ def test_model_card_reports_gates_questions_and_attention(tmp_path):
     assert "| where | 3.0 [0.8, 10.4] | 66 | 5.4 |" in card
     assert "| 0 | 0.50 | 0.90 | 0.050 | 0.050 |" in card and "layer 0 head 1, 2.30x uniform" in card
     assert "50% of scene rows are one short question" in card and "copy" in card and "FAIL" in card
+
+
+def test_pretrain_levels_and_states_per_task_read_old_keys_too() -> None:
+    """``levels`` / ``per_level`` map task -> value; an older config's ``maze_levels`` /
+    ``maze_per_level`` keys read as the same settings, and a task not named gets the defaults."""
+    from mgsd.config import ConfigError, from_dict
+    from mgsd.train.pretrain import PretrainConfig
+
+    new = from_dict(PretrainConfig, {"data": {"levels": {"maze": "3-4"}, "per_level": {"maze": 7}}})
+    old = from_dict(PretrainConfig, {"data": {"maze_levels": "3-4", "maze_per_level": 7}})
+    assert old.data == new.data
+    assert new.data.task_levels("maze") == [3, 4] and new.data.states_per_level("maze") == 7
+    assert new.data.task_levels("frozenlake") == [3, 4, 5, 6, 7, 8]
+    assert new.data.states_per_level("frozenlake") == 1000
+    with pytest.raises(ConfigError, match=r"data\.bogus_levels_x"):
+        from_dict(PretrainConfig, {"data": {"bogus_levels_x": 1}})

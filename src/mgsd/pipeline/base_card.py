@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from mgsd.data.generate import HASHES_FILE, read_state_hashes
 from mgsd.files import read_jsonl
+from mgsd.tasks import get_task
 
 if TYPE_CHECKING:
     from mgsd.train.pretrain import PretrainConfig
@@ -48,9 +49,11 @@ def write_model_card(base: Path, cfg: PretrainConfig, gates: dict[str, Any], roo
         "## Training data",
         f"- {d.scenes:,} synthetic grid scenes (`mgsd.data.scenes`: sizes 3-8, random palettes, shapes,",
         "  colour fills, wall bands) described as `key: value` lines with 0-based (row,col) cells;",
-        f"- symbolic planning from text: FrozenLake {d.frozenlake_levels} ({d.frozenlake_per_level}/level), "
-        f"Maze {d.maze_levels} ({d.maze_per_level}/level), MiniBehaviour {d.minibehaviour_levels} "
-        f"({d.minibehaviour_per_level}/level); prompts: the text student's (1/2), the teacher's with the "
+        "- symbolic planning from text: "
+        + ", ".join(
+            f"{get_task(n).title} {d.levels.get(n, 'all')} ({d.states_per_level(n)}/level)" for n in d.tasks
+        )
+        + "; prompts: the text student's (1/2), the teacher's with the "
         "plan hint (1/4) and without (1/4); target: the reasoned answer (facts, path, `<answer>`);",
         (
             "- every source (scenes and each task) gets an equal share of the updates."

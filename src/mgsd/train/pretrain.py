@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -32,20 +32,51 @@ from mgsd.data.scenes import SCENE_TASK, scene_prompt, scene_rows, scene_target
 from mgsd.files import write_json
 from mgsd.tasks import get_task, parse_levels
 
+_PRETRAIN_TASKS = ("frozenlake", "maze", "minibehaviour")
+
 
 @dataclass
 class PretrainData:
-    frozenlake_levels: str = "3-8"
-    maze_levels: str = "3-6"
-    minibehaviour_levels: str = "5-6"
-    # Per level; small levels have only a few thousand distinct states (MiniBehaviour 5, Maze 3,
-    # FrozenLake 3: about 4-6k), and every run must still find its test, val and train states.
-    frozenlake_per_level: int = 1000
-    maze_per_level: int = 1500
-    minibehaviour_per_level: int = 1500
+    tasks: list[str] = field(default_factory=lambda: list(_PRETRAIN_TASKS))
+    # task -> level spec ("3-8", "3,5", "all"); a task not named here: all its levels.
+    levels: dict[str, str] = field(
+        default_factory=lambda: {"frozenlake": "3-8", "maze": "3-6", "minibehaviour": "5-6"}
+    )
+    # States per level (a task not named: ``default_per_level``). Small levels have only a few
+    # thousand distinct states (MiniBehaviour 5, Maze 3, FrozenLake 3: about 4-6k), and every run
+    # must still find its test, val and train states.
+    per_level: dict[str, int] = field(
+        default_factory=lambda: {"frozenlake": 1000, "maze": 1500, "minibehaviour": 1500}
+    )
+    default_per_level: int = 1000
     scenes: int = 16000
     val_per_level: int = 4
     seed: int = 1_000  # far from the run seeds (0, 1, ...), though exclusion does not rely on it
+
+    @staticmethod
+    def upgrade_keys(data: Mapping[str, Any]) -> dict[str, Any]:
+        """Older configs' per-task keys (``maze_levels: 3-6``, ``maze_per_level: 1500``) as the
+        ``levels`` / ``per_level`` mappings."""
+        own = {f.name for f in fields(PretrainData)}
+        out: dict[str, Any] = {k: v for k, v in data.items() if k in own}
+        for key, value in data.items():
+            for suffix, target in (("_per_level", "per_level"), ("_levels", "levels")):
+                if key not in own and key.endswith(suffix):
+                    merged = out.get(target)
+                    out[target] = {**(merged if isinstance(merged, Mapping) else {})}
+                    out[target][key.removesuffix(suffix)] = value
+                    break
+            else:
+                if key not in own:
+                    out[key] = value  # unknown: from_dict names it
+        return out
+
+    def task_levels(self, name: str) -> list[int]:
+        """The levels of task ``name``; ValueError for an unknown task or a bad spec."""
+        return parse_levels(get_task(name), self.levels.get(name))
+
+    def states_per_level(self, name: str) -> int:
+        return self.per_level.get(name, self.default_per_level)
 
 
 @dataclass
@@ -77,21 +108,17 @@ class PretrainConfig:
     overrides: list[str] = field(default_factory=list)  # extra TrainConfig key=value settings
 
 
-def task_levels(data: Any, name: str) -> list[int]:
-    return parse_levels(get_task(name), getattr(data, f"{name}_levels"))
-
-
 def build_pretrain_data(cfg: PretrainConfig, out: Path) -> None:
     """Scenes and symbolic task states (no renders) in ``out/pretrain``, a validation split of
     unseen states in ``out/val``, and the hashes of every pretraining state."""
     d = cfg.data
     hashes: list[str] = []
-    for name in ("frozenlake", "maze", "minibehaviour"):
+    for name in d.tasks:
         task, seen = get_task(name), set()
         rows = generate_rows(
             task,
-            task_levels(d, name),
-            getattr(d, f"{name}_per_level"),
+            d.task_levels(name),
+            d.states_per_level(name),
             split="pretrain",
             seed=d.seed,
             exclude=seen,
@@ -102,7 +129,7 @@ def build_pretrain_data(cfg: PretrainConfig, out: Path) -> None:
         write_rows(rows, out / "pretrain" / f"{name}-pretrain.parquet")
         val = generate_rows(
             task,
-            task_levels(d, name),
+            d.task_levels(name),
             d.val_per_level,
             split="val",
             seed=d.seed,
