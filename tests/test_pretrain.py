@@ -290,3 +290,20 @@ def test_pretrain_levels_and_states_per_task_read_old_keys_too() -> None:
     assert new.data.states_per_level("frozenlake") == 1000
     with pytest.raises(ConfigError, match=r"data\.bogus_levels_x"):
         from_dict(PretrainConfig, {"data": {"bogus_levels_x": 1}})
+
+
+def test_a_run_recorded_with_the_old_pretrain_keys_reads_as_unchanged() -> None:
+    """A run's settings.json from before the mappings holds ``<task>_levels`` / ``<task>_per_level``:
+    read as today's keys it equals today's defaults, so a rerun does not redo the pretraining."""
+    from mgsd.config import changed_keys, to_dict
+    from mgsd.pipeline.config import PipelineConfig, upgrade_config
+
+    today = to_dict(PipelineConfig())
+    old_data = {k: v for k, v in today["pretrain"]["data"].items() if k not in ("levels", "per_level")}
+    old_data = {k: v for k, v in old_data.items() if k not in ("tasks", "default_per_level")}
+    for task in ("frozenlake", "maze", "minibehaviour"):
+        old_data[f"{task}_levels"] = today["pretrain"]["data"]["levels"][task]
+        old_data[f"{task}_per_level"] = today["pretrain"]["data"]["per_level"][task]
+    old = {**today, "pretrain": {**today["pretrain"], "data": old_data}}
+    assert changed_keys({"config": upgrade_config(old)}, {"config": today}, []) == []
+    assert changed_keys({"config": old}, {"config": today}, []) != []

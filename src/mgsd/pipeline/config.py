@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mgsd.tasks import get_task, parse_levels
-from mgsd.train.pretrain import PretrainConfig
+from mgsd.train.pretrain import PretrainConfig, PretrainData
 
 _LEGACY_LEVEL_SUFFIX = "_levels"  # data.<task>_levels, before levels became a mapping
 
@@ -114,4 +114,7 @@ def upgrade_config(config: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(config)
     if isinstance(out.get("data"), Mapping):
         out["data"] = DataSettings.upgrade_keys(out["data"])
+    pretrain = out.get("pretrain")
+    if isinstance(pretrain, Mapping) and isinstance(pretrain.get("data"), Mapping):
+        out["pretrain"] = {**pretrain, "data": PretrainData.upgrade_keys(pretrain["data"])}
     return out

@@ -69,6 +69,9 @@ class PretrainData:
             else:
                 if key not in own:
                     out[key] = value  # unknown: from_dict names it
+        if set(data) - own - set(out):  # an older config: these keys did not exist, their values were fixed
+            out.setdefault("tasks", list(_PRETRAIN_TASKS))
+            out.setdefault("default_per_level", PretrainData.default_per_level)
         return out
 
     def task_levels(self, name: str) -> list[int]:
