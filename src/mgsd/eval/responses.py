@@ -113,8 +113,6 @@ def response_record(sample_id: str, reply: Reply, key: str | None = None) -> dic
     }
 
 
-# Over 60 lines, kept whole: the cache lookup, the batches, the cache appends and the progress bar
-# share one set of records; split, the pieces would pass all of them back and forth.
 def task_batches(samples: Sequence[Mapping[str, Any]], size: int) -> list[list[Mapping[str, Any]]]:
     """Batches of at most ``size`` samples, each of one task (tasks in order of first appearance):
     the prompts of a task share their instruction, which a local model prefills once per batch
@@ -125,6 +123,8 @@ def task_batches(samples: Sequence[Mapping[str, Any]], size: int) -> list[list[M
     return [g[i : i + size] for g in groups.values() for i in range(0, len(g), size)]
 
 
+# Over 60 lines, kept whole: the cache lookup, the batches, the cache appends and the progress bar
+# share one set of records; split, the pieces would pass all of them back and forth.
 def run_queries(
     backend: Backend,
     samples: Sequence[Mapping[str, Any]],
