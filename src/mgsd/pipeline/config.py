@@ -94,7 +94,7 @@ class PipelineConfig:
     )
     stage2: StageSettings = field(
         default_factory=lambda: StageSettings(
-            steps=60,
+            steps=480,  # 60 -> 480: image macro 10.8 -> 40.6 on seed 0 (README, default experiment)
             lr=2e-4,
             lora_r=16,
             max_new_tokens=128,
