@@ -138,6 +138,15 @@ class Task(ABC):
     def render(self, state: dict[str, Any], size: int = 256) -> Image.Image:
         """An RGB image of the state, ``size`` x ``size`` pixels."""
 
+    def render_png(self, state: dict[str, Any], size: int = 256) -> bytes:
+        """PNG bytes of ``render(state, size)`` (the same pixels; tasks override it with a faster path,
+        e.g. a palette image drawn without PIL)."""
+        import numpy as np  # here: the light sub-commands import tasks but never render
+
+        from mgsd import png
+
+        return png.encode_rgb(np.asarray(self.render(state, size).convert("RGB")))
+
     @abstractmethod
     def symbolic_text(self, state: dict[str, Any]) -> str:
         """The fully observable text description a text-only student or the teacher reads."""

@@ -28,7 +28,7 @@ from mgsd.tasks.base import (
     Transition,
     VocabularyHints,
 )
-from mgsd.tasks.minibehaviour_drawing import draw_room
+from mgsd.tasks.minibehaviour_drawing import draw_room, room_png
 
 MIN_SIZE, MAX_SIZE = 3, 32
 TABLE_ROWS, TABLE_COLS = 2, 3
@@ -272,6 +272,10 @@ class MiniBehaviour(Task):
         """Black board, tan table, white printer icon, red right-pointing agent, grey grid."""
         n, agent, printer, table = _structure(state, printer_optional=True)
         return draw_room(size, n, agent, printer, table)
+
+    def render_png(self, state: dict[str, Any], size: int = 256) -> bytes:
+        n, agent, printer, table = _structure(state, printer_optional=True)
+        return room_png(size, n, agent, printer, table)
 
     def symbolic_text(self, state: dict[str, Any]) -> str:
         state = self.validate(state)
