@@ -1,9 +1,9 @@
-"""A minimal PNG writer for the task renders: 8-bit RGB or palette images, filter type 0 (none).
+"""A minimal PNG writer for the task renders: 8-bit RGB or palette images.
 
 Why not PIL: its encoder tries every filter on every row, which cost more than the rest of a sample
-together; our renders are flat colours (palette) or tiles repeated across a map (RGB), where no
-filter compresses about as well. A palette image is stored as one byte per pixel plus a PLTE chunk:
-decoded to RGB it is the same pixels, in a third of the raw bytes.
+together; our renders are flat colours (palette) or tiles repeated across a map (RGB), where one
+fixed filter compresses as well. A palette image is stored as one byte per pixel plus a PLTE
+chunk: decoded to RGB it is the same pixels, in a third of the raw bytes.
 
 An RGB image may be assembled from *bands* (runs of whole rows) compressed independently
 (``band``): a band's deflate piece ends byte-aligned and is a pure function of its rows, so a
@@ -53,14 +53,22 @@ def _scanlines(pixels: np.ndarray) -> bytes:
 
 
 def encode_palette(indices: np.ndarray, palette: Sequence[tuple[int, int, int]]) -> bytes:
-    """PNG bytes of an ``H x W`` uint8 array of indices into ``palette`` (at most 256 RGB colours)."""
+    """PNG bytes of an ``H x W`` uint8 array of indices into ``palette`` (at most 256 RGB colours).
+
+    Rows use filter 2 (up) and zlib's run-length strategy: flat-colour drawings become runs of zeros
+    below the first row, which compress to about half the size of filter none, a little faster."""
     if indices.dtype != np.uint8 or indices.ndim != 2:
         raise ValueError(f"palette pixels must be a 2-D uint8 array, got {indices.dtype} {indices.shape}")
     if not 0 < len(palette) <= 256:
         raise ValueError(f"a PNG palette holds 1-256 colours, got {len(palette)}")
     plte = bytes(v for colour in palette for v in colour)
     h, w = indices.shape
-    data = zlib.compress(_scanlines(indices), LEVEL)
+    raw = np.empty((h, w + 1), np.uint8)
+    raw[:, 0] = 2
+    raw[0, 1:] = indices[0]
+    np.subtract(indices[1:], indices[:-1], out=raw[1:, 1:])  # wraps modulo 256, as PNG's filter does
+    comp = zlib.compressobj(LEVEL, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
+    data = comp.compress(raw.tobytes()) + comp.flush()
     return _header(w, h, 3) + _chunk(b"PLTE", plte) + _chunk(b"IDAT", data) + _chunk(b"IEND", b"")
 
 

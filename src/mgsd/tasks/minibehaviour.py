@@ -29,6 +29,7 @@ from mgsd.tasks.base import (
     VocabularyHints,
 )
 from mgsd.tasks.minibehaviour_drawing import draw_room, room_png
+from mgsd.tasks.minibehaviour_solver import shortest_plan
 
 MIN_SIZE, MAX_SIZE = 3, 32
 TABLE_ROWS, TABLE_COLS = 2, 3
@@ -212,6 +213,13 @@ class MiniBehaviour(Task):
             if plan is not None and (bucket is None or bucket_of(len(plan), level) == bucket):
                 return state
         raise RuntimeError(f"no {bucket} minibehaviour instance of level {level} in {MAX_ATTEMPTS} draws")
+
+    def solve(self, state: dict[str, Any]) -> list[str] | None:
+        """``Task.solve``'s plan, by a search specialised to this simulator (the generator solves
+        every candidate); a drawn situation without a printer goes to the generic search."""
+        if state.get("printer") is None:
+            return super().solve(state)
+        return shortest_plan(state["size"], state["agent"], state["printer"], state["table"])
 
     def difficulty(self, state: dict[str, Any]) -> str:
         """The difficulty bucket (easy/medium/hard) of a state by its optimal plan length."""
