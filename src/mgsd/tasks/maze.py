@@ -15,7 +15,7 @@ from functools import lru_cache
 from typing import Any, ClassVar
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from mgsd import png
 from mgsd.tasks.base import (
@@ -28,6 +28,7 @@ from mgsd.tasks.base import (
     Transition,
     VocabularyHints,
 )
+from mgsd.tasks.maze_drawing import PALETTE, indices
 
 N, S, W, E = 1, 2, 4, 8
 WALL_BIT: dict[str, int] = {"U": N, "D": S, "L": W, "R": E}
@@ -38,9 +39,6 @@ DFS_ORDER = ("U", "R", "D", "L")  # the reference backtracker lists neighbours N
 BUCKETS = ("easy", "medium", "hard")
 MAX_ATTEMPTS = 4096  # candidates drawn per requested bucket, as in the reference
 
-START_COLOUR = (255, 255, 0)
-GOAL_COLOUR = (0, 0, 255)
-SEPARATOR_COLOUR = (224, 224, 224)
 
 # Perception questions: (key, answer kind, question), in order (content of TASKS.md §2.6).
 QUESTIONS: tuple[tuple[str, str, str], ...] = (
@@ -57,28 +55,72 @@ QUESTIONS: tuple[tuple[str, str, str], ...] = (
 )
 
 
+@lru_cache(maxsize=32)
+def _neighbours(n: int, order: tuple[str, ...]) -> tuple[tuple[tuple[str, int, int], ...], ...]:
+    """Per flat cell id ``r * n + c``: its in-bounds neighbours (action, wall bit, cell id), in ``order``."""
+    out = []
+    for r in range(n):
+        for c in range(n):
+            steps = []
+            for a in order:
+                nr, nc = r + MOVES[a][0], c + MOVES[a][1]
+                if 0 <= nr < n and 0 <= nc < n:
+                    steps.append((a, WALL_BIT[a], nr * n + nc))
+            out.append(tuple(steps))
+    return tuple(out)
+
+
 def carve(n: int, rng: random.Random) -> list[list[int]]:
-    """A perfect maze: randomized depth-first backtracker from a random cell."""
-    walls = [[N | S | W | E] * n for _ in range(n)]
-    start = (rng.randrange(n), rng.randrange(n))
-    seen = {start}
+    """A perfect maze: randomized depth-first backtracker from a random cell (flat cell ids and
+    precomputed neighbours; the draws from ``rng`` are the reference's: a row, a column, then one
+    choice among the unvisited neighbours, listed N, E, S, W, at every step)."""
+    table = _neighbours(n, DFS_ORDER)
+    walls = [N | S | W | E] * (n * n)
+    start = rng.randrange(n) * n
+    start += rng.randrange(n)
+    seen = [False] * (n * n)
+    seen[start] = True
     stack = [start]
     while stack:
-        r, c = stack[-1]
-        options = []
-        for a in DFS_ORDER:
-            nr, nc = r + MOVES[a][0], c + MOVES[a][1]
-            if 0 <= nr < n and 0 <= nc < n and (nr, nc) not in seen:
-                options.append((a, nr, nc))
+        cur = stack[-1]
+        options = [step for step in table[cur] if not seen[step[2]]]
         if not options:
             stack.pop()
             continue
-        a, nr, nc = rng.choice(options)
-        walls[r][c] &= ~WALL_BIT[a]
-        walls[nr][nc] &= ~OPPOSITE[WALL_BIT[a]]
-        seen.add((nr, nc))
-        stack.append((nr, nc))
-    return walls
+        _, bit, nxt = rng.choice(options)
+        walls[cur] &= ~bit
+        walls[nxt] &= ~OPPOSITE[bit]
+        seen[nxt] = True
+        stack.append(nxt)
+    return [walls[r * n : (r + 1) * n] for r in range(n)]
+
+
+def _search(walls: list[list[int]], start: Cell, goal: Cell, order: tuple[str, ...]) -> list[str] | None:
+    """``Task.solve``'s breadth-first search on the maze graph (the same plan, ties broken by
+    ``order``), or None when the goal is unreachable."""
+    n = len(walls)
+    flat = [m for row in walls for m in row]
+    table = _neighbours(n, order)
+    source, target = start[0] * n + start[1], goal[0] * n + goal[1]
+    parent: dict[int, tuple[int, str] | None] = {source: None}
+    queue = deque([source])
+    while queue:
+        s = queue.popleft()
+        for a, bit, t in table[s]:
+            if flat[s] & bit:
+                continue
+            if t == target:
+                plan = [a]
+                step = parent[s]
+                while step is not None:
+                    s, prev = step
+                    plan.append(prev)
+                    step = parent[s]
+                return plan[::-1]
+            if t not in parent:
+                parent[t] = (s, a)
+                queue.append(t)
+    return None
 
 
 def distances(walls: list[list[int]], source: Cell) -> dict[Cell, int]:
@@ -180,7 +222,9 @@ class Maze(Task):
         for _ in range(MAX_ATTEMPTS):
             walls = carve(level, rng)
             start, goal = rng.sample(cells, 2)
-            gap = _gap(distances(walls, start)[goal], level, bucket)
+            path = _search(walls, start, goal, DFS_ORDER)  # a perfect maze has one path
+            assert path is not None
+            gap = _gap(len(path), level, bucket)
             state = {"size": level, "walls": walls, "start": list(start), "goal": list(goal)}
             if gap == 0:
                 return state
@@ -235,6 +279,13 @@ class Maze(Task):
     def level_of(self, state: dict[str, Any]) -> int:
         return state["size"]
 
+    def solve(self, state: dict[str, Any]) -> list[str] | None:
+        """``Task.solve``'s plan, by a search on the maze graph (the generator solves every sample)."""
+        (sr, sc), (gr, gc) = state["start"], state["goal"]
+        if (sr, sc) == (gr, gc):
+            return super().solve(state)  # nothing to search (not a valid instance)
+        return _search(state["walls"], (sr, sc), (gr, gc), self.actions)
+
     def difficulty(self, state: dict[str, Any]) -> str:
         """The difficulty bucket of ``state`` (same as the module-level ``difficulty``)."""
         return difficulty(state)
@@ -285,10 +336,10 @@ class Maze(Task):
     def render(self, state: dict[str, Any], size: int = 256) -> Image.Image:
         """Black walls, white corridors, grey cell separators in open passages, a yellow start
         dot and a blue goal dot (the reference renderer's geometry, TASKS.md §2.4)."""
-        return Image.fromarray(np.asarray(PALETTE, np.uint8)[_indices(state, size)])
+        return Image.fromarray(np.asarray(PALETTE, np.uint8)[indices(state, size)])
 
     def render_png(self, state: dict[str, Any], size: int = 256) -> bytes:
-        return png.encode_palette(_indices(state, size), PALETTE)
+        return png.encode_palette(indices(state, size), PALETTE)
 
     def open_moves(self, state: dict[str, Any], cell: Cell) -> list[str]:
         """The moves not blocked by a wall from ``cell``, in the order up, right, down, left."""
@@ -331,61 +382,3 @@ class Maze(Task):
             "legal_actions": _words(self.open_moves(state, (sr, sc))),
         }
         return [PerceptionItem(key, kind, question, answers[key]) for key, kind, question in QUESTIONS]
-
-
-# -- drawing: palette indices, composed with numpy (PIL's geometry for the rectangles, its ellipse
-# rasteriser once per dot position) ---------------------------------------------------------
-PALETTE = ((0, 0, 0), (255, 255, 255), SEPARATOR_COLOUR, START_COLOUR, GOAL_COLOUR)
-_WHITE, _SEPARATOR, _START, _GOAL = 1, 2, 3, 4
-
-
-@lru_cache(maxsize=64)
-def _geometry(size: int, n: int) -> tuple[list[int], list[int], list[int], int, int]:
-    """Cell borders and the pixel bands centred on them: walls (black) are ``wall`` wide, separators
-    ``line``; ``lo[i]`` is the first white pixel after border i, ``hi[i]`` the last before it."""
-    cell = size / n
-    wall = max(2, int(cell / 4))
-    line = max(1, int(cell / 16))
-    edges = [round(i * cell) for i in range(n + 1)]
-    lo = [e + (wall - wall // 2) for e in edges]
-    hi = [e - wall // 2 - 1 for e in edges]
-    return edges, lo, hi, wall, line
-
-
-@lru_cache(maxsize=1024)
-def _dot(size: int, n: int, r: int, c: int) -> tuple[slice, slice, np.ndarray]:
-    """Where the dot of cell (r, c) lies: its bounding box and mask, as PIL's ``ellipse`` draws it."""
-    edges, _, _, wall, _ = _geometry(size, n)
-    radius = max(3, int((size / n - wall) * 0.25))
-    cx, cy = (edges[c] + edges[c + 1]) / 2, (edges[r] + edges[r + 1]) / 2
-    mask = Image.new("L", (size, size), 0)
-    ImageDraw.Draw(mask).ellipse([cx - radius, cy - radius, cx + radius, cy + radius], fill=255)
-    on = np.asarray(mask) > 0
-    rows, cols = np.nonzero(on)
-    ys, xs = slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1)
-    return ys, xs, on[ys, xs]
-
-
-def _indices(state: dict[str, Any], size: int) -> np.ndarray:
-    """The image as palette indices, painted in the reference order (later fills cover earlier)."""
-    n, walls = state["size"], state["walls"]
-    edges, lo, hi, _, line = _geometry(size, n)
-    image = np.zeros((size, size), np.uint8)
-    for r in range(n):  # cell interiors, stretched over the wall band to an open neighbour
-        for c in range(n):
-            right = lo[c + 1] if c + 1 < n and not walls[r][c] & E else hi[c + 1]
-            image[lo[r] : hi[r + 1] + 1, lo[c] : right + 1] = _WHITE
-            if r + 1 < n and not walls[r][c] & S:
-                image[hi[r + 1] : lo[r + 1] + 1, lo[c] : hi[c + 1] + 1] = _WHITE
-    for r in range(n):  # separators in open passages
-        for c in range(n):
-            if c + 1 < n and not walls[r][c] & E:
-                x = edges[c + 1] - line // 2
-                image[lo[r] : hi[r + 1] + 1, x : x + line] = _SEPARATOR
-            if r + 1 < n and not walls[r][c] & S:
-                y = edges[r + 1] - line // 2
-                image[y : y + line, lo[c] : hi[c + 1] + 1] = _SEPARATOR
-    for (r, c), colour in ((state["start"], _START), (state["goal"], _GOAL)):
-        ys, xs, mask = _dot(size, n, r, c)
-        image[ys, xs][mask] = colour
-    return image
