@@ -68,7 +68,7 @@ def _draw(job: tuple[str, int, int, bool]) -> tuple[str, str, int, bytes]:
     plan = task.solve(state)
     assert plan is not None, "generators only return solvable states"
     image = task.render_png(state) if render else b""
-    return task.dump_state(state), task.format_plan(plan), len(plan), image
+    return task.dump_generated(state), task.format_plan(plan), len(plan), image
 
 
 def _die_with_parent(parent: int) -> None:

@@ -86,6 +86,7 @@ class FrozenLake(Task):
     levels: ClassVar[tuple[int, ...]] = (3, 4, 5, 6, 7, 8)
     actions: ClassVar[tuple[str, ...]] = ("L", "D", "R", "U")  # the reference BFS order
     plan_separator: ClassVar[str] = ""
+    generates_canonical: ClassVar[bool] = True
     wording: ClassVar[PromptWording] = PromptWording(
         legend="The elf is the player, the gift box the goal, dark water cells are holes, ice is safe.",
         goal="Reach the goal without stepping into a hole or off the map.",

@@ -193,6 +193,7 @@ class Maze(Task):
     levels: ClassVar[tuple[int, ...]] = (3, 4, 5, 6)
     actions: ClassVar[tuple[str, ...]] = ("U", "D", "L", "R")  # any order: the path is unique
     plan_separator: ClassVar[str] = ""
+    generates_canonical: ClassVar[bool] = True
     wording: ClassVar[PromptWording] = PromptWording(
         legend="The yellow dot is the player, the blue dot the goal; black bands are walls.",
         goal="Reach the goal without crossing a wall.",

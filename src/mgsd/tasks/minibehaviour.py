@@ -119,6 +119,7 @@ class MiniBehaviour(Task):
     levels: ClassVar[tuple[int, ...]] = (5, 6)
     actions: ClassVar[tuple[str, ...]] = ("U", "D", "L", "R", "PICK", "DROP")
     plan_separator: ClassVar[str] = ","
+    generates_canonical: ClassVar[bool] = True
     wording: ClassVar[PromptWording] = PromptWording(
         legend=(
             "The red triangle is the agent, the white icon the printer, the tan 2x3 block the table; "
