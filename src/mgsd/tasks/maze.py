@@ -14,7 +14,6 @@ from collections.abc import Hashable
 from functools import lru_cache
 from typing import Any, ClassVar
 
-import numpy as np
 from PIL import Image
 
 from mgsd import png
@@ -337,7 +336,7 @@ class Maze(Task):
     def render(self, state: dict[str, Any], size: int = 256) -> Image.Image:
         """Black walls, white corridors, grey cell separators in open passages, a yellow start
         dot and a blue goal dot (the reference renderer's geometry, TASKS.md §2.4)."""
-        return Image.fromarray(np.asarray(PALETTE, np.uint8)[indices(state, size)])
+        return png.to_rgb_image(indices(state, size), PALETTE)
 
     def render_png(self, state: dict[str, Any], size: int = 256) -> bytes:
         return png.encode_palette(indices(state, size), PALETTE)

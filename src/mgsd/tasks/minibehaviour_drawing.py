@@ -27,7 +27,7 @@ _TABLE_INDEX, _PRINTER_INDEX, _AGENT_INDEX = 2, 3, 4
 
 def draw_room(size: int, n: int, agent: Cell, printer: Cell | None, table: list[Cell]) -> Image.Image:
     """The ``size`` x ``size`` image of an ``n`` x ``n`` room (no printer once it is picked)."""
-    return Image.fromarray(np.asarray(PALETTE, np.uint8)[room_indices(size, n, agent, printer, table)])
+    return png.to_rgb_image(room_indices(size, n, agent, printer, table), PALETTE)
 
 
 def room_png(size: int, n: int, agent: Cell, printer: Cell | None, table: list[Cell]) -> bytes:
