@@ -14,6 +14,13 @@ FrozenLake L6 41/s, Maze L5 356/s, MiniBehaviour L6 203/s. Three parts:
    code's whole process too, alternated with ours run by run, so a busy machine hits both alike.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_data_generation.py [--n 5000] [--repeats 3]
+
+Last measured (2-core AMD EPYC, 2026-12-03, machine quiet during the run, load < 1.1), 5,000 samples,
+whole process, median of 3, 1 worker / 2 workers vs the reference: FrozenLake L6 979/s 23.9x /
+1187/s 28.9x; Maze L5 1618/s 4.5x / 1748/s 4.9x; MiniBehaviour L6 1737/s 8.6x / 2334/s 11.5x;
+start-up (one sample, whole process) 0.6 s. The code before the fast paths, alternated with it:
+195, 522, 335/s (ours 5.0x, 3.1x, 5.2x of it). Floor (one render encoded from pixels): 2.05 ms
+RGB FrozenLake, 0.12 ms palette Maze and MiniBehaviour.
 """
 
 from __future__ import annotations
