@@ -217,3 +217,22 @@ def test_render_colours(level: int) -> None:
             assert image.getpixel((x, y)) == expected, (r, c)
             if [r, c] not in (state["start"], state["goal"]):
                 assert image.getpixel(centre(r, c)) == (255, 255, 255)
+
+
+def test_maze_search_returns_the_generic_search_plan_with_loops_too():
+    from mgsd.tasks.base import Task
+    from mgsd.tasks.maze import Maze, carve
+
+    task = Maze()
+    for seed in range(300):
+        rng = random.Random(seed)
+        n = rng.choice([2, 3, 5, 6, 8])
+        walls = carve(n, rng)
+        for _ in range(rng.randrange(2 * n)):  # knock out interior walls: loops, so ties
+            r, c = rng.randrange(n), rng.randrange(n - 1)
+            walls[r][c] &= ~8
+            walls[r][c + 1] &= ~4
+        cells = [(r, c) for r in range(n) for c in range(n)]
+        start, goal = rng.sample(cells, 2)
+        state = {"size": n, "walls": walls, "start": list(start), "goal": list(goal)}
+        assert task.solve(state) == Task.solve(task, state), state

@@ -333,3 +333,18 @@ def test_symbolic_text_and_perception() -> None:
         {"size": 3, "agent": [2, 0], "printer": [2, 1], "table": make((0, 0), (0, 0), (0, 0))["table"]}
     )
     assert TASK.perception(boxed)[6].answer == "none"
+
+
+def test_specialised_solver_returns_the_generic_search_plan():
+    from mgsd.tasks.base import Task
+
+    task = MiniBehaviour()
+    checked = 0
+    for seed in range(400):
+        rng = random.Random(seed)
+        state = task._candidate(rng.choice([3, 4, 5, 6, 8]), rng)
+        if state is None:
+            continue
+        checked += 1
+        assert task.solve(state) == Task.solve(task, state), state
+    assert checked > 300

@@ -25,6 +25,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     levels = parse_levels(task, args.levels)
     if not 1 <= args.per_level <= MAX_PER_LEVEL:
         raise ValueError(f"--per-level must be between 1 and {MAX_PER_LEVEL:,}, got {args.per_level:,}")
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {args.workers}")
     path = generate_dataset(
         task,
         levels,
@@ -33,6 +35,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         seed=args.seed,
         out=args.out,
         exclude_dirs=args.exclude or (),
+        workers=args.workers,
     )
     print(f"wrote {args.per_level * len(levels)} {task.name} samples ({args.split}) to {path}")
     return 0
@@ -129,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", required=True)
     g.add_argument(
         "--exclude", nargs="*", default=[], help="datasets whose states must not appear (test sets)"
+    )
+    g.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="render processes (default: the cores, at most 4); the output does not depend on it",
     )
     g.set_defaults(func=_cmd_generate)
     imp = dsub.add_parser("import", help="import an external test set")

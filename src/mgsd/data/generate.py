@@ -16,7 +16,7 @@ from typing import Any
 from tqdm import tqdm
 
 from mgsd.data.card import write_dataset_card
-from mgsd.data.io import png_bytes, read_rows, write_manifest, write_rows
+from mgsd.data.io import read_rows, write_manifest, write_rows
 from mgsd.tasks import Task, get_task
 
 # Consecutive duplicates tolerated per sample before concluding a level is exhausted (small levels,
@@ -67,8 +67,8 @@ def _draw(job: tuple[str, int, int, bool]) -> tuple[str, str, int, bytes]:
     state = task.generate(level, random.Random(draw_seed))
     plan = task.solve(state)
     assert plan is not None, "generators only return solvable states"
-    image = png_bytes(task.render(state)) if render else b""
-    return task.dump_state(state), task.format_plan(plan), len(plan), image
+    image = task.render_png(state) if render else b""
+    return task.dump_generated(state), task.format_plan(plan), len(plan), image
 
 
 def _die_with_parent(parent: int) -> None:

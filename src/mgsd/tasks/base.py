@@ -102,6 +102,9 @@ class Task(ABC):
     plan_separator: ClassVar[str]  # "" -> "UUR"; "," -> "U,PICK,R,DROP"
     wording: ClassVar[PromptWording]  # what the prompts say about the task
     vocabulary: ClassVar[VocabularyHints] = VocabularyHints()
+    # True when ``generate`` returns canonical, valid states, so the generator stores them without
+    # re-validating (``dump_generated``); a task that sets it is checked by tests/test_task_contract.py.
+    generates_canonical: ClassVar[bool] = False
 
     def env_info(self, sim: Hashable, success: bool) -> dict[str, Any]:
         """Task-specific entries of a gymnasium step's ``info`` (``mgsd.envs``); none by default."""
@@ -138,6 +141,15 @@ class Task(ABC):
     def render(self, state: dict[str, Any], size: int = 256) -> Image.Image:
         """An RGB image of the state, ``size`` x ``size`` pixels."""
 
+    def render_png(self, state: dict[str, Any], size: int = 256) -> bytes:
+        """PNG bytes of ``render(state, size)`` (the same pixels; tasks override it with a faster path,
+        e.g. a palette image drawn without PIL)."""
+        import numpy as np  # here: the light sub-commands import tasks but never render
+
+        from mgsd import png
+
+        return png.encode_rgb(np.asarray(self.render(state, size).convert("RGB")))
+
     @abstractmethod
     def symbolic_text(self, state: dict[str, Any]) -> str:
         """The fully observable text description a text-only student or the teacher reads."""
@@ -166,6 +178,13 @@ class Task(ABC):
     def dump_state(self, state: dict[str, Any]) -> str:
         """Canonical JSON of a state: the storage format and the deduplication key."""
         return json.dumps(self.validate(state), sort_keys=True, separators=(",", ":"))
+
+    def dump_generated(self, state: dict[str, Any]) -> str:
+        """``dump_state`` of a state ``generate`` just drew: the same string, without validating
+        again when the task promises canonical output (validation cost as much as a render)."""
+        if self.generates_canonical:
+            return json.dumps(state, sort_keys=True, separators=(",", ":"))
+        return self.dump_state(state)
 
     def load_state(self, text: str) -> dict[str, Any]:
         try:

@@ -7,18 +7,18 @@ move off the grid ends the episode in failure, as in the benchmark evaluator (TA
 
 from __future__ import annotations
 
-import importlib.util
 import random
 import re
 from collections import deque
 from collections.abc import Hashable, Sequence
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from mgsd.tasks.base import MOVES, Cell, PerceptionItem, PromptWording, Task, Transition, VocabularyHints
+from mgsd.tasks.frozenlake_drawing import BASE_CELL, _base_tiles, grid_png, render_grid
+from mgsd.tasks.frozenlake_drawing import sprite_files as sprite_files  # re-exported: its old home
 
 TILES = frozenset("SFHG")
 VSP_SYMBOLS: dict[str, str] = {"@": "S", "*": "G", "#": "H", "_": "F"}
@@ -46,90 +46,6 @@ QUESTIONS: tuple[tuple[str, str, str], ...] = (
     ("goal", "position", "Which cell (row,col) holds the goal?"),
     ("holes", "cells", "Which cells (row,col) are holes? Answer none if there are none."),
 )
-
-# Rendering: gymnasium's FrozenLake sprites at 64-px cells (the reference and the VSP images),
-# pasted with nearest-neighbour scaling like gym's pygame renderer; with gymnasium <= 1.3 this
-# reproduces the VSP PNGs pixel for pixel. gymnasium 1.4 replaced the art (new file names), so
-# that set is used as a fallback; it looks different from the VSP images.
-BASE_CELL = 64
-GRID_COLOUR = (180, 200, 230)
-_SPRITE_SETS: tuple[dict[str, str], ...] = (
-    {"ice": "ice.png", "H": "hole.png", "G": "goal.png", "S": "stool.png", "elf": "elf_down.png"},
-    {
-        "ice": "tile_ice.png",
-        "H": "tile_hole.png",
-        "G": "goal_flag.png",
-        "S": "stool.png",
-        "elf": "elf_down.png",
-    },
-)
-_BASE_TILES: dict[str, Image.Image] = {}  # tile kind -> 64-px RGB tile
-_TILES: dict[tuple[str, int, int, float, float], Image.Image] = {}  # resized tiles, see _tile
-
-
-def _sprite_dir() -> Path:
-    """gymnasium's toy-text sprite folder, found without importing gymnasium."""
-    spec = importlib.util.find_spec("gymnasium")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("rendering FrozenLake needs gymnasium installed (it ships the sprites)")
-    return Path(next(iter(spec.submodule_search_locations))) / "envs" / "toy_text" / "img"
-
-
-def sprite_files() -> dict[str, Path]:
-    """The sprite files used for rendering: the classic gym set if installed, else gymnasium 1.4's."""
-    folder = _sprite_dir()
-    for names in _SPRITE_SETS:
-        paths = {k: folder / v for k, v in names.items()}
-        if all(p.is_file() for p in paths.values()):
-            return paths
-    raise RuntimeError(f"no known FrozenLake sprite set in the installed gymnasium ({folder.name}/)")
-
-
-def _paste_sprite(tile: Image.Image, path: Path) -> None:
-    sprite = Image.open(path).convert("RGBA")
-    scale = BASE_CELL / max(sprite.size)  # keep proportions; the classic sprites are square
-    w, h = max(1, round(sprite.width * scale)), max(1, round(sprite.height * scale))
-    sprite = sprite.resize((w, h), Image.NEAREST)
-    tile.alpha_composite(sprite, ((BASE_CELL - w) // 2, (BASE_CELL - h) // 2))
-
-
-def _base_tiles() -> dict[str, Image.Image]:
-    """One 64-px tile per map letter, drawn in the reference order (ice, object, outline, elf)."""
-    if not _BASE_TILES:
-        files = sprite_files()
-        for kind in "FHGS":
-            tile = Image.new("RGBA", (BASE_CELL, BASE_CELL), (255, 255, 255, 255))
-            _paste_sprite(tile, files["ice"])
-            if kind != "F":
-                _paste_sprite(tile, files[kind])
-            ImageDraw.Draw(tile).rectangle([0, 0, BASE_CELL - 1, BASE_CELL - 1], outline=GRID_COLOUR)
-            if kind == "S":  # the player stands on the start cell
-                _paste_sprite(tile, files["elf"])
-            _BASE_TILES[kind] = tile.convert("RGB")
-    return _BASE_TILES
-
-
-def _tile(kind: str, width: int, height: int, dx: float, dy: float, scale: float) -> Image.Image:
-    """A cached tile of ``width`` x ``height`` px, sampled as a LANCZOS resize of the whole 64-px
-    canvas would sample it: the source window starts ``dx``, ``dy`` px off the tile corner (cell
-    borders fall between output pixels) and neighbours are approximated by repeating the tile,
-    whose outline and ice match most neighbours' edges."""
-    key = (kind, width, height, round(dx, 4), round(dy, 4))
-    tile = _TILES.get(key)
-    if tile is None:
-        base = _base_tiles()[kind]
-        if (width, height, dx, dy) == (BASE_CELL, BASE_CELL, 0, 0):
-            tile = base
-        else:
-            pad = BASE_CELL // 4
-            padded = Image.new("RGB", (BASE_CELL + 2 * pad, BASE_CELL + 2 * pad))
-            for ox in (-BASE_CELL, 0, BASE_CELL):
-                for oy in (-BASE_CELL, 0, BASE_CELL):
-                    padded.paste(base, (pad + ox, pad + oy))
-            box = (pad + dx, pad + dy, pad + dx + width * scale, pad + dy + height * scale)
-            tile = padded.resize((width, height), Image.LANCZOS, box=box)
-        _TILES[key] = tile
-    return tile
 
 
 def _find(grid: Sequence[str], letter: str) -> Cell:
@@ -170,6 +86,7 @@ class FrozenLake(Task):
     levels: ClassVar[tuple[int, ...]] = (3, 4, 5, 6, 7, 8)
     actions: ClassVar[tuple[str, ...]] = ("L", "D", "R", "U")  # the reference BFS order
     plan_separator: ClassVar[str] = ""
+    generates_canonical: ClassVar[bool] = True
     wording: ClassVar[PromptWording] = PromptWording(
         legend="The elf is the player, the gift box the goal, dark water cells are holes, ice is safe.",
         goal="Reach the goal without stepping into a hole or off the map.",
@@ -335,20 +252,12 @@ class FrozenLake(Task):
 
     # -- views ------------------------------------------------------------------------------
     def render(self, state: dict[str, Any], size: int = 256) -> Image.Image:
-        """The reference look (64-px gym-sprite cells, LANCZOS-resized to ``size``) built from
-        cached pre-resized tiles, so a render is L*L pastes."""
-        grid = state["grid"]
-        n = len(grid)
-        scale = BASE_CELL * n / size  # canvas px per output px
-        edges = [round(i * size / n) for i in range(n + 1)]  # cell borders; widths differ by <= 1 px
-        offsets = [edges[i] * scale - BASE_CELL * i for i in range(n)]  # where each cell's window starts
-        image = Image.new("RGB", (size, size))
-        for r, row in enumerate(grid):
-            y, h = edges[r], edges[r + 1] - edges[r]
-            for c, kind in enumerate(row):
-                tile = _tile(kind, edges[c + 1] - edges[c], h, offsets[c], offsets[r], scale)
-                image.paste(tile, (edges[c], y))
-        return image
+        """The reference look: 64-px gym-sprite cells, LANCZOS-resized to ``size`` (built from cached
+        pre-resized tiles, see ``frozenlake_drawing``)."""
+        return render_grid(state["grid"], size)
+
+    def render_png(self, state: dict[str, Any], size: int = 256) -> bytes:
+        return grid_png(state["grid"], size)
 
     def holes(self, state: dict[str, Any]) -> list[Cell]:
         """Hole cells in row-major order."""

@@ -11,10 +11,12 @@ from __future__ import annotations
 import random
 from collections import deque
 from collections.abc import Hashable
+from functools import lru_cache
 from typing import Any, ClassVar
 
-from PIL import Image, ImageDraw
+from PIL import Image
 
+from mgsd import png
 from mgsd.tasks.base import (
     MOVE_WORDS,
     MOVES,
@@ -25,6 +27,7 @@ from mgsd.tasks.base import (
     Transition,
     VocabularyHints,
 )
+from mgsd.tasks.maze_drawing import PALETTE, indices
 
 N, S, W, E = 1, 2, 4, 8
 WALL_BIT: dict[str, int] = {"U": N, "D": S, "L": W, "R": E}
@@ -35,9 +38,6 @@ DFS_ORDER = ("U", "R", "D", "L")  # the reference backtracker lists neighbours N
 BUCKETS = ("easy", "medium", "hard")
 MAX_ATTEMPTS = 4096  # candidates drawn per requested bucket, as in the reference
 
-START_COLOUR = (255, 255, 0)
-GOAL_COLOUR = (0, 0, 255)
-SEPARATOR_COLOUR = (224, 224, 224)
 
 # Perception questions: (key, answer kind, question), in order (content of TASKS.md §2.6).
 QUESTIONS: tuple[tuple[str, str, str], ...] = (
@@ -54,28 +54,72 @@ QUESTIONS: tuple[tuple[str, str, str], ...] = (
 )
 
 
+@lru_cache(maxsize=32)
+def _neighbours(n: int, order: tuple[str, ...]) -> tuple[tuple[tuple[str, int, int], ...], ...]:
+    """Per flat cell id ``r * n + c``: its in-bounds neighbours (action, wall bit, cell id), in ``order``."""
+    out = []
+    for r in range(n):
+        for c in range(n):
+            steps = []
+            for a in order:
+                nr, nc = r + MOVES[a][0], c + MOVES[a][1]
+                if 0 <= nr < n and 0 <= nc < n:
+                    steps.append((a, WALL_BIT[a], nr * n + nc))
+            out.append(tuple(steps))
+    return tuple(out)
+
+
 def carve(n: int, rng: random.Random) -> list[list[int]]:
-    """A perfect maze: randomized depth-first backtracker from a random cell."""
-    walls = [[N | S | W | E] * n for _ in range(n)]
-    start = (rng.randrange(n), rng.randrange(n))
-    seen = {start}
+    """A perfect maze: randomized depth-first backtracker from a random cell (flat cell ids and
+    precomputed neighbours; the draws from ``rng`` are the reference's: a row, a column, then one
+    choice among the unvisited neighbours, listed N, E, S, W, at every step)."""
+    table = _neighbours(n, DFS_ORDER)
+    walls = [N | S | W | E] * (n * n)
+    start = rng.randrange(n) * n
+    start += rng.randrange(n)
+    seen = [False] * (n * n)
+    seen[start] = True
     stack = [start]
     while stack:
-        r, c = stack[-1]
-        options = []
-        for a in DFS_ORDER:
-            nr, nc = r + MOVES[a][0], c + MOVES[a][1]
-            if 0 <= nr < n and 0 <= nc < n and (nr, nc) not in seen:
-                options.append((a, nr, nc))
+        cur = stack[-1]
+        options = [step for step in table[cur] if not seen[step[2]]]
         if not options:
             stack.pop()
             continue
-        a, nr, nc = rng.choice(options)
-        walls[r][c] &= ~WALL_BIT[a]
-        walls[nr][nc] &= ~OPPOSITE[WALL_BIT[a]]
-        seen.add((nr, nc))
-        stack.append((nr, nc))
-    return walls
+        _, bit, nxt = rng.choice(options)
+        walls[cur] &= ~bit
+        walls[nxt] &= ~OPPOSITE[bit]
+        seen[nxt] = True
+        stack.append(nxt)
+    return [walls[r * n : (r + 1) * n] for r in range(n)]
+
+
+def _search(walls: list[list[int]], start: Cell, goal: Cell, order: tuple[str, ...]) -> list[str] | None:
+    """``Task.solve``'s breadth-first search on the maze graph (the same plan, ties broken by
+    ``order``), or None when the goal is unreachable."""
+    n = len(walls)
+    flat = [m for row in walls for m in row]
+    table = _neighbours(n, order)
+    source, target = start[0] * n + start[1], goal[0] * n + goal[1]
+    parent: dict[int, tuple[int, str] | None] = {source: None}
+    queue = deque([source])
+    while queue:
+        s = queue.popleft()
+        for a, bit, t in table[s]:
+            if flat[s] & bit:
+                continue
+            if t == target:
+                plan = [a]
+                step = parent[s]
+                while step is not None:
+                    s, prev = step
+                    plan.append(prev)
+                    step = parent[s]
+                return plan[::-1]
+            if t not in parent:
+                parent[t] = (s, a)
+                queue.append(t)
+    return None
 
 
 def distances(walls: list[list[int]], source: Cell) -> dict[Cell, int]:
@@ -148,6 +192,7 @@ class Maze(Task):
     levels: ClassVar[tuple[int, ...]] = (3, 4, 5, 6)
     actions: ClassVar[tuple[str, ...]] = ("U", "D", "L", "R")  # any order: the path is unique
     plan_separator: ClassVar[str] = ""
+    generates_canonical: ClassVar[bool] = True
     wording: ClassVar[PromptWording] = PromptWording(
         legend="The yellow dot is the player, the blue dot the goal; black bands are walls.",
         goal="Reach the goal without crossing a wall.",
@@ -177,7 +222,9 @@ class Maze(Task):
         for _ in range(MAX_ATTEMPTS):
             walls = carve(level, rng)
             start, goal = rng.sample(cells, 2)
-            gap = _gap(distances(walls, start)[goal], level, bucket)
+            path = _search(walls, start, goal, DFS_ORDER)  # a perfect maze has one path
+            assert path is not None
+            gap = _gap(len(path), level, bucket)
             state = {"size": level, "walls": walls, "start": list(start), "goal": list(goal)}
             if gap == 0:
                 return state
@@ -232,6 +279,13 @@ class Maze(Task):
     def level_of(self, state: dict[str, Any]) -> int:
         return state["size"]
 
+    def solve(self, state: dict[str, Any]) -> list[str] | None:
+        """``Task.solve``'s plan, by a search on the maze graph (the generator solves every sample)."""
+        (sr, sc), (gr, gc) = state["start"], state["goal"]
+        if (sr, sc) == (gr, gc):
+            return super().solve(state)  # nothing to search (not a valid instance)
+        return _search(state["walls"], (sr, sc), (gr, gc), self.actions)
+
     def difficulty(self, state: dict[str, Any]) -> str:
         """The difficulty bucket of ``state`` (same as the module-level ``difficulty``)."""
         return difficulty(state)
@@ -282,37 +336,10 @@ class Maze(Task):
     def render(self, state: dict[str, Any], size: int = 256) -> Image.Image:
         """Black walls, white corridors, grey cell separators in open passages, a yellow start
         dot and a blue goal dot (the reference renderer's geometry, TASKS.md §2.4)."""
-        n, walls = state["size"], state["walls"]
-        cell = size / n
-        wall = max(2, int(cell / 4))
-        line = max(1, int(cell / 16))
-        edges = [round(i * cell) for i in range(n + 1)]
-        # Pixel bands centred on each cell border: walls (black) are `wall` wide, separators `line`.
-        lo = [e + (wall - wall // 2) for e in edges]  # first white pixel after border i
-        hi = [e - wall // 2 - 1 for e in edges]  # last white pixel before border i
-        image = Image.new("RGB", (size, size), (0, 0, 0))
-        draw = ImageDraw.Draw(image)
-        white = (255, 255, 255)
-        for r in range(n):
-            for c in range(n):
-                # The cell interior, stretched over the wall band to the neighbour when open.
-                right = lo[c + 1] if c + 1 < n and not walls[r][c] & E else hi[c + 1]
-                draw.rectangle([lo[c], lo[r], right, hi[r + 1]], fill=white)
-                if r + 1 < n and not walls[r][c] & S:
-                    draw.rectangle([lo[c], hi[r + 1], hi[c + 1], lo[r + 1]], fill=white)
-        for r in range(n):
-            for c in range(n):
-                if c + 1 < n and not walls[r][c] & E:
-                    x = edges[c + 1] - line // 2
-                    draw.rectangle([x, lo[r], x + line - 1, hi[r + 1]], fill=SEPARATOR_COLOUR)
-                if r + 1 < n and not walls[r][c] & S:
-                    y = edges[r + 1] - line // 2
-                    draw.rectangle([lo[c], y, hi[c + 1], y + line - 1], fill=SEPARATOR_COLOUR)
-        radius = max(3, int((cell - wall) * 0.25))
-        for (r, c), colour in ((state["start"], START_COLOUR), (state["goal"], GOAL_COLOUR)):
-            cx, cy = (edges[c] + edges[c + 1]) / 2, (edges[r] + edges[r + 1]) / 2
-            draw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], fill=colour)
-        return image
+        return png.to_rgb_image(indices(state, size), PALETTE)
+
+    def render_png(self, state: dict[str, Any], size: int = 256) -> bytes:
+        return png.encode_palette(indices(state, size), PALETTE)
 
     def open_moves(self, state: dict[str, Any], cell: Cell) -> list[str]:
         """The moves not blocked by a wall from ``cell``, in the order up, right, down, left."""

@@ -28,7 +28,8 @@ from mgsd.tasks.base import (
     Transition,
     VocabularyHints,
 )
-from mgsd.tasks.minibehaviour_drawing import draw_room
+from mgsd.tasks.minibehaviour_drawing import draw_room, room_png
+from mgsd.tasks.minibehaviour_solver import shortest_plan
 
 MIN_SIZE, MAX_SIZE = 3, 32
 TABLE_ROWS, TABLE_COLS = 2, 3
@@ -118,6 +119,7 @@ class MiniBehaviour(Task):
     levels: ClassVar[tuple[int, ...]] = (5, 6)
     actions: ClassVar[tuple[str, ...]] = ("U", "D", "L", "R", "PICK", "DROP")
     plan_separator: ClassVar[str] = ","
+    generates_canonical: ClassVar[bool] = True
     wording: ClassVar[PromptWording] = PromptWording(
         legend=(
             "The red triangle is the agent, the white icon the printer, the tan 2x3 block the table; "
@@ -213,6 +215,13 @@ class MiniBehaviour(Task):
                 return state
         raise RuntimeError(f"no {bucket} minibehaviour instance of level {level} in {MAX_ATTEMPTS} draws")
 
+    def solve(self, state: dict[str, Any]) -> list[str] | None:
+        """``Task.solve``'s plan, by a search specialised to this simulator (the generator solves
+        every candidate); a drawn situation without a printer goes to the generic search."""
+        if state.get("printer") is None:
+            return super().solve(state)
+        return shortest_plan(state["size"], state["agent"], state["printer"], state["table"])
+
     def difficulty(self, state: dict[str, Any]) -> str:
         """The difficulty bucket (easy/medium/hard) of a state by its optimal plan length."""
         state = self.validate(state)
@@ -272,6 +281,10 @@ class MiniBehaviour(Task):
         """Black board, tan table, white printer icon, red right-pointing agent, grey grid."""
         n, agent, printer, table = _structure(state, printer_optional=True)
         return draw_room(size, n, agent, printer, table)
+
+    def render_png(self, state: dict[str, Any], size: int = 256) -> bytes:
+        n, agent, printer, table = _structure(state, printer_optional=True)
+        return room_png(size, n, agent, printer, table)
 
     def symbolic_text(self, state: dict[str, Any]) -> str:
         state = self.validate(state)

@@ -8,8 +8,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import lru_cache
 
+import numpy as np
 from PIL import Image, ImageDraw
 
+from mgsd import png
 from mgsd.tasks.base import Cell
 
 _BOARD = (0, 0, 0)
@@ -19,16 +21,30 @@ _PRINTER = (255, 255, 255)
 _AGENT = (255, 24, 16)
 
 
+PALETTE = (_BOARD, _GRID, _TABLE, _PRINTER, _AGENT)
+_TABLE_INDEX, _PRINTER_INDEX, _AGENT_INDEX = 2, 3, 4
+
+
 def draw_room(size: int, n: int, agent: Cell, printer: Cell | None, table: list[Cell]) -> Image.Image:
     """The ``size`` x ``size`` image of an ``n`` x ``n`` room (no printer once it is picked)."""
+    return png.to_rgb_image(room_indices(size, n, agent, printer, table), PALETTE)
+
+
+def room_png(size: int, n: int, agent: Cell, printer: Cell | None, table: list[Cell]) -> bytes:
+    """PNG bytes of ``draw_room`` (a palette image: the same pixels)."""
+    return png.encode_palette(room_indices(size, n, agent, printer, table), PALETTE)
+
+
+def room_indices(size: int, n: int, agent: Cell, printer: Cell | None, table: list[Cell]) -> np.ndarray:
+    """``draw_room`` as indices into ``PALETTE``."""
     edges = _edges(size, n)
     image = _board(size, n).copy()
     for r, c in table:
         # Inset by one pixel: the grid lines between table cells stay visible.
-        image.paste(_TABLE, (edges[c] + 1, edges[r] + 1, edges[c + 1], edges[r + 1]))
+        image[edges[r] + 1 : edges[r + 1], edges[c] + 1 : edges[c + 1]] = _TABLE_INDEX
     if printer is not None:
-        _paste_icon(image, edges, printer, _PRINTER, _printer_mask)
-    _paste_icon(image, edges, agent, _AGENT, _agent_mask)
+        _paste_icon(image, edges, printer, _PRINTER_INDEX, _printer_mask)
+    _paste_icon(image, edges, agent, _AGENT_INDEX, _agent_mask)
     return image
 
 
@@ -41,17 +57,18 @@ def _edges(size: int, n: int) -> tuple[int, ...]:
 
 
 @lru_cache(maxsize=32)
-def _board(size: int, n: int) -> Image.Image:
-    image = Image.new("RGB", (size, size), _BOARD)
-    draw = ImageDraw.Draw(image)
+def _board(size: int, n: int) -> np.ndarray:
+    """The empty board (index 0) with its one-pixel grid lines (index 1)."""
+    image = np.zeros((size, size), np.uint8)
     for e in _edges(size, n):
-        draw.line([(e, 0), (e, size - 1)], fill=_GRID, width=1)
-        draw.line([(0, e), (size - 1, e)], fill=_GRID, width=1)
+        image[:, e] = 1
+        image[e, :] = 1
+    image.flags.writeable = False  # shared: draw_room copies it
     return image
 
 
 @lru_cache(maxsize=128)
-def _printer_mask(w: int, h: int) -> Image.Image:
+def _printer_mask(w: int, h: int) -> np.ndarray:
     """White-printer silhouette in a w x h cell: paper, rounded body, tray; slot and dot are holes."""
     mask = Image.new("L", (w, h), 0)
     draw = ImageDraw.Draw(mask)
@@ -72,11 +89,11 @@ def _printer_mask(w: int, h: int) -> Image.Image:
     draw.rectangle(box(0.16, 0.58, 0.84, 0.66), fill=0)  # paper slot (black: the board shows through)
     cx, cy, rad = left + 0.86 * iw, top + 0.4 * ih, max(1.0, 0.05 * iw)
     draw.ellipse((round(cx - rad), round(cy - rad), round(cx + rad), round(cy + rad)), fill=0)  # status light
-    return mask
+    return _boolean(mask)
 
 
 @lru_cache(maxsize=128)
-def _agent_mask(w: int, h: int) -> Image.Image:
+def _agent_mask(w: int, h: int) -> np.ndarray:
     """Right-pointing triangle inset 22% horizontally and 20% vertically."""
     mask = Image.new("L", (w, h), 0)
     ImageDraw.Draw(mask).polygon(
@@ -87,17 +104,28 @@ def _agent_mask(w: int, h: int) -> Image.Image:
         ],
         fill=255,
     )
-    return mask
+    return _boolean(mask)
+
+
+def _boolean(mask: Image.Image) -> np.ndarray:
+    """An icon mask as booleans: PIL draws these shapes without anti-aliasing (0 or 255 only), so
+    pasting a colour through it and setting the masked pixels are the same."""
+    values = np.asarray(mask)
+    assert set(np.unique(values).tolist()) <= {0, 255}, "icon masks are not anti-aliased"
+    on = values > 0
+    on.flags.writeable = False
+    return on
 
 
 def _paste_icon(
-    image: Image.Image,
+    image: np.ndarray,
     edges: tuple[int, ...],
     cell: Cell,
-    colour: tuple[int, int, int],
-    make: Callable[[int, int], Image.Image],
+    colour: int,
+    make: Callable[[int, int], np.ndarray],
 ) -> None:
-    """Fill ``colour`` through the cached icon mask of the cell's pixel size."""
+    """Set ``colour`` through the cached icon mask of the cell's pixel size."""
     r, c = cell
     x0, y0 = edges[c], edges[r]
-    image.paste(colour, (x0, y0), make(edges[c + 1] - x0, edges[r + 1] - y0))
+    mask = make(edges[c + 1] - x0, edges[r + 1] - y0)
+    image[y0 : y0 + mask.shape[0], x0 : x0 + mask.shape[1]][mask] = colour
