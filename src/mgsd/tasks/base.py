@@ -15,8 +15,9 @@ import json
 import random
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, ClassVar
 
 from PIL import Image
@@ -25,6 +26,34 @@ MOVES: dict[str, tuple[int, int]] = {"U": (-1, 0), "D": (1, 0), "L": (0, -1), "R
 # Used to name moves in words (perception answers, open-direction tables).
 MOVE_WORDS: dict[str, str] = {"U": "up", "R": "right", "D": "down", "L": "left"}
 Cell = tuple[int, int]
+
+
+@lru_cache(maxsize=64)
+def grid_moves(n: int, order: tuple[str, ...]) -> tuple[tuple[tuple[str, int], ...], ...]:
+    """Per flat cell id ``r * n + c`` of an ``n`` x ``n`` grid: its in-bounds moves as (action, target
+    cell id), in ``order`` (the tasks' specialised searches)."""
+    out = []
+    for r in range(n):
+        for c in range(n):
+            steps = []
+            for a in order:
+                nr, nc = r + MOVES[a][0], c + MOVES[a][1]
+                if 0 <= nr < n and 0 <= nc < n:
+                    steps.append((a, nr * n + nc))
+            out.append(tuple(steps))
+    return tuple(out)
+
+
+def plan_to(parent: Mapping[Any, tuple[Any, str] | None], state: Any, last: str) -> list[str]:
+    """A breadth-first search's plan: the actions from the root to ``state`` (``parent`` maps each
+    reached state to its predecessor and the action taken, the root to None), then ``last``."""
+    plan = [last]
+    step = parent[state]
+    while step is not None:
+        state, action = step
+        plan.append(action)
+        step = parent[state]
+    return plan[::-1]
 
 
 @dataclass(frozen=True)
@@ -248,11 +277,7 @@ class Task(ABC):
                 if t.invalid is not None:
                     continue
                 if t.success:
-                    plan = [a]
-                    while parent[s] is not None:
-                        s, prev = parent[s]
-                        plan.append(prev)
-                    return plan[::-1]
+                    return plan_to(parent, s, a)
                 if t.sim not in parent:
                     parent[t.sim] = (s, a)
                     queue.append(t.sim)

@@ -26,6 +26,8 @@ from mgsd.tasks.base import (
     Task,
     Transition,
     VocabularyHints,
+    grid_moves,
+    plan_to,
 )
 from mgsd.tasks.maze_drawing import PALETTE, indices
 
@@ -57,16 +59,7 @@ QUESTIONS: tuple[tuple[str, str, str], ...] = (
 @lru_cache(maxsize=32)
 def _neighbours(n: int, order: tuple[str, ...]) -> tuple[tuple[tuple[str, int, int], ...], ...]:
     """Per flat cell id ``r * n + c``: its in-bounds neighbours (action, wall bit, cell id), in ``order``."""
-    out = []
-    for r in range(n):
-        for c in range(n):
-            steps = []
-            for a in order:
-                nr, nc = r + MOVES[a][0], c + MOVES[a][1]
-                if 0 <= nr < n and 0 <= nc < n:
-                    steps.append((a, WALL_BIT[a], nr * n + nc))
-            out.append(tuple(steps))
-    return tuple(out)
+    return tuple(tuple((a, WALL_BIT[a], t) for a, t in cell) for cell in grid_moves(n, order))
 
 
 def carve(n: int, rng: random.Random) -> list[list[int]]:
@@ -109,13 +102,7 @@ def _search(walls: list[list[int]], start: Cell, goal: Cell, order: tuple[str, .
             if flat[s] & bit:
                 continue
             if t == target:
-                plan = [a]
-                step = parent[s]
-                while step is not None:
-                    s, prev = step
-                    plan.append(prev)
-                    step = parent[s]
-                return plan[::-1]
+                return plan_to(parent, s, a)
             if t not in parent:
                 parent[t] = (s, a)
                 queue.append(t)

@@ -7,26 +7,10 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sequence
-from functools import lru_cache
 
-from mgsd.tasks.base import MOVES, Cell
+from mgsd.tasks.base import Cell, grid_moves, plan_to
 
 _ORDER = ("U", "D", "L", "R")  # MiniBehaviour.actions' moves, in its order (PICK and DROP follow)
-
-
-@lru_cache(maxsize=32)
-def _moves(size: int) -> tuple[tuple[tuple[str, int], ...], ...]:
-    """Per flat cell id, its in-bounds moves as (action, target cell id), in ``_ORDER``."""
-    out = []
-    for r in range(size):
-        for c in range(size):
-            steps = []
-            for a in _ORDER:
-                nr, nc = r + MOVES[a][0], c + MOVES[a][1]
-                if 0 <= nr < size and 0 <= nc < size:
-                    steps.append((a, nr * size + nc))
-            out.append(tuple(steps))
-    return tuple(out)
 
 
 def shortest_plan(size: int, agent: Cell, printer: Cell, table: Sequence[Cell]) -> list[str] | None:
@@ -34,7 +18,7 @@ def shortest_plan(size: int, agent: Cell, printer: Cell, table: Sequence[Cell]) 
 
     Search states are ``cell * 2 + picked``: PICK sets the low bit where the printer is a neighbour;
     DROP, with the bit set next to the table, ends the search."""
-    moves = _moves(size)
+    moves = grid_moves(size, _ORDER)
     blocked = {r * size + c for r, c in table}
     held = printer[0] * size + printer[1]
     near_printer = {n for _, n in moves[held]}
@@ -57,11 +41,5 @@ def shortest_plan(size: int, agent: Cell, printer: Cell, table: Sequence[Cell]) 
                 parent[s + 1] = (s, "PICK")
                 queue.append(s + 1)
         elif cell in near_table:
-            plan = ["DROP"]
-            step = parent[s]
-            while step is not None:
-                s, a = step
-                plan.append(a)
-                step = parent[s]
-            return plan[::-1]
+            return plan_to(parent, s, "DROP")
     return None
