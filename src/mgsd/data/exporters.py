@@ -80,33 +80,9 @@ def export_llamafactory(data: DataPaths, out: str | Path, *, name: str | None = 
         raise ValueError(f"--name must be letters, digits, '.', '_' or '-', got {name!r}")
     out = Path(out)
     info_path = out / "dataset_info.json"
-    info: dict[str, Any] = {}
-    if info_path.is_file():  # read before writing anything: a broken file stops the export untouched
-        try:
-            info = json.loads(info_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{info_path} is not valid JSON ({exc}); fix or remove it") from None
-        if not isinstance(info, dict):
-            raise DataError(f"{info_path} must hold a JSON object of datasets")
+    info = _read_dataset_info(info_path)  # before writing anything: a broken file stops the export
     (out / "images").mkdir(parents=True, exist_ok=True)
-    records = []
-    for r in rows:
-        task = get_task(r["task"])
-        state = task.load_state(r["state"])
-        rel = f"images/{_safe(r['id'])}.png"
-        (out / rel).write_bytes(r["image"])
-        records.append(
-            {
-                "messages": [
-                    {"role": "user", "content": perception_prompt(task, state) + IMAGE},
-                    {"role": "assistant", "content": perception_target(task, state)},
-                ],
-                "images": [rel],
-                "task": f"{task.name}_perception_all",
-                "level": r["level"],
-                "source_text": r["id"],
-            }
-        )
+    records = [_sharegpt_record(r, out) for r in rows]
     file_name = f"{name}.json"
     write_text(out / file_name, json.dumps(records, ensure_ascii=False, indent=1))
     info[name] = {
@@ -131,6 +107,37 @@ The user turn is the question text followed by `<image>`, as in our training. Ou
 {size}: `image_min_pixels: {lo}` and `image_max_pixels: {hi}` keep them at that size.""",
     )
     return out / file_name
+
+
+def _read_dataset_info(path: Path) -> dict[str, Any]:
+    """LLaMA-Factory's ``dataset_info.json`` (empty when absent); a broken one is one clear error."""
+    if not path.is_file():
+        return {}
+    try:
+        info = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path} is not valid JSON ({exc}); fix or remove it") from None
+    if not isinstance(info, dict):
+        raise DataError(f"{path} must hold a JSON object of datasets")
+    return info
+
+
+def _sharegpt_record(r: dict[str, Any], out: Path) -> dict[str, Any]:
+    """One perception-SFT conversation; its image is written under ``out/images/``."""
+    task = get_task(r["task"])
+    state = task.load_state(r["state"])
+    rel = f"images/{_safe(r['id'])}.png"
+    (out / rel).write_bytes(r["image"])
+    return {
+        "messages": [
+            {"role": "user", "content": perception_prompt(task, state) + IMAGE},
+            {"role": "assistant", "content": perception_target(task, state)},
+        ],
+        "images": [rel],
+        "task": f"{task.name}_perception_all",
+        "level": r["level"],
+        "source_text": r["id"],
+    }
 
 
 def _opcd_columns(rows: Sequence[dict[str, Any]], with_plan: bool) -> dict[str, list[Any]]:
@@ -245,9 +252,6 @@ def export_verl(data: DataPaths, out: str | Path, *, with_plan: bool = True) -> 
     """A verl RL parquet ``verl_<split>.parquet``: ``data_source``, ``prompt`` (a chat list whose user
     turn ends with ``<image>``), ``images``, ``ability``, ``reward_model`` {style, ground_truth} and
     ``extra_info`` (id, level, reference plan and the teacher's privileged context)."""
-    from datasets import Features, Value
-    from datasets import Image as ImageFeature
-
     rows, split = _rows(data)
     opcd = _opcd_columns(rows, with_plan)
     n = len(rows)
@@ -271,26 +275,7 @@ def export_verl(data: DataPaths, out: str | Path, *, with_plan: bool = True) -> 
             for i, r in enumerate(rows)
         ],
     }
-    text = Value("string")
-    features = Features(
-        {
-            "data_source": text,
-            "prompt": [{"role": text, "content": text}],
-            "images": [ImageFeature()],
-            "ability": text,
-            "reward_model": {"style": text, "ground_truth": text},
-            "extra_info": {
-                "split": text,
-                "index": Value("int64"),
-                "id": text,
-                "task": text,
-                "level": Value("int32"),
-                "optimal_plan": text,
-                "teacher_system_prompt": text,
-                "teacher_text_context": text,
-            },
-        }
-    )
+    features = _verl_features()
     out = Path(out)
     path = _to_parquet(cols, features, out, f"verl_{split}.parquet")
     lo, hi, size = _pixels(rows)
@@ -310,3 +295,30 @@ around them) so they are not resized, as in our own evaluation. The reward repla
 our simulator: any plan that reaches the goal scores 1. Files here: {_listing(out, "verl_")}.""",
     )
     return path
+
+
+def _verl_features() -> Any:
+    """The verl parquet's column types (the images as ``datasets.Image``, the rest strings/ints)."""
+    from datasets import Features, Value
+    from datasets import Image as ImageFeature
+
+    text = Value("string")
+    return Features(
+        {
+            "data_source": text,
+            "prompt": [{"role": text, "content": text}],
+            "images": [ImageFeature()],
+            "ability": text,
+            "reward_model": {"style": text, "ground_truth": text},
+            "extra_info": {
+                "split": text,
+                "index": Value("int64"),
+                "id": text,
+                "task": text,
+                "level": Value("int32"),
+                "optimal_plan": text,
+                "teacher_system_prompt": text,
+                "teacher_text_context": text,
+            },
+        }
+    )

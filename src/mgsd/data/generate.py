@@ -129,48 +129,67 @@ def generate_rows(
     pool = None
     if workers > 1 and per_level * len(levels) >= 64:
         pool = ProcessPoolExecutor(workers, initializer=_die_with_parent, initargs=(os.getpid(),))
-    batch = 64 if pool else 1
     try:
         for level in levels:
-            attempt, index, duplicates = 0, 0, 0
-            while index < per_level:
-                jobs = [
-                    (task.name, sample_seed(seed, task.name, split, level, a), level, render)
-                    for a in range(attempt, attempt + batch)
-                ]
-                attempt += batch
-                results = pool.map(_draw, jobs, chunksize=8) if pool else map(_draw, jobs)
-                for key, plan, length, image in results:
-                    if index == per_level:
-                        break  # the rest of the batch is discarded, as if never drawn
-                    if key in seen or (exclude_hashes and state_hash(key) in exclude_hashes):
-                        duplicates += 1
-                        if duplicates >= MAX_DUPLICATE_RUN:
-                            raise ValueError(
-                                f"{task.name} level {level}: could only make {index} unique instances for "
-                                f"split {split!r} (the level is nearly exhausted); ask for fewer per level"
-                            )
-                        continue
-                    seen.add(key)
-                    rows.append(
-                        {
-                            "id": f"{task.name}/{split}/level{level}/{index:05d}",
-                            "task": task.name,
-                            "level": level,
-                            "split": split,
-                            "state": key,
-                            "image": image,
-                            "optimal_plan": plan,
-                            "optimal_length": length,
-                            "source": "mgsd",
-                        }
-                    )
-                    index, duplicates = index + 1, 0
-                    bar.update()
+            rows += _level_rows(task, level, per_level, split, seed, seen, exclude_hashes, render, pool, bar)
     finally:
         if pool:
             pool.shutdown(cancel_futures=True)
         bar.close()
+    return rows
+
+
+def _level_rows(
+    task: Task,
+    level: int,
+    per_level: int,
+    split: str,
+    seed: int,
+    seen: set[str],
+    exclude_hashes: frozenset[str],
+    render: bool,
+    pool: ProcessPoolExecutor | None,
+    bar: tqdm,
+) -> list[dict[str, Any]]:
+    """One level's unique rows: draws in batches (of 64 with a pool), skipping states in ``seen``
+    or ``exclude_hashes``; a long run of duplicates means the level is exhausted."""
+    rows: list[dict[str, Any]] = []
+    batch = 64 if pool else 1
+    attempt, index, duplicates = 0, 0, 0
+    while index < per_level:
+        jobs = [
+            (task.name, sample_seed(seed, task.name, split, level, a), level, render)
+            for a in range(attempt, attempt + batch)
+        ]
+        attempt += batch
+        results = pool.map(_draw, jobs, chunksize=8) if pool else map(_draw, jobs)
+        for key, plan, length, image in results:
+            if index == per_level:
+                break  # the rest of the batch is discarded, as if never drawn
+            if key in seen or (exclude_hashes and state_hash(key) in exclude_hashes):
+                duplicates += 1
+                if duplicates >= MAX_DUPLICATE_RUN:
+                    raise ValueError(
+                        f"{task.name} level {level}: could only make {index} unique instances for "
+                        f"split {split!r} (the level is nearly exhausted); ask for fewer per level"
+                    )
+                continue
+            seen.add(key)
+            rows.append(
+                {
+                    "id": f"{task.name}/{split}/level{level}/{index:05d}",
+                    "task": task.name,
+                    "level": level,
+                    "split": split,
+                    "state": key,
+                    "image": image,
+                    "optimal_plan": plan,
+                    "optimal_length": length,
+                    "source": "mgsd",
+                }
+            )
+            index, duplicates = index + 1, 0
+            bar.update()
     return rows
 
 

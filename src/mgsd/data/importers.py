@@ -203,32 +203,40 @@ def import_vsp(
             disable=not progress,
             leave=False,
         ):
-            img_path, table_path = ldir / "img" / f"{stem}.png", ldir / "table" / f"{stem}.txt"
-            text_path = ldir / "pure_text" / f"{stem}.txt"
             sample_id = f"vsp/level{level}/{stem}"
             try:
-                for p in (img_path, table_path, text_path):
-                    if not p.is_file():
-                        raise DataError(f"VSP folder is missing {p}")
-                try:
-                    state = task.validate(type(task).from_vsp_table(table_path.read_text()))  # type: ignore[attr-defined]
-                except ValueError as exc:
-                    raise DataError(f"{table_path}: {exc}") from None
-                if task.level_of(state) != level:
-                    side = task.level_of(state)
-                    raise DataError(f"{table_path}: a {side}x{side} map in level{level}/")
-                data = img_path.read_bytes()
-                try:
-                    decode_image(data)
-                    _check_vsp(state, text_path.read_text(), data, log)
-                except ValueError as exc:  # DataError included
-                    raise DataError(f"{table_path}: {exc}") from None
-                rows.append(_row("frozenlake", state, paper_image(data, image_size), sample_id, "vsp"))
+                rows.append(_vsp_row(task, ldir, level, stem, sample_id, log, image_size))
             except DataError as exc:
                 if not skip_bad:
                     raise
                 log.skipped.append({"id": sample_id, "error": str(exc)})
     return _finish(rows, log, Path(out) / "frozenlake-vsp.parquet", str(folder))
+
+
+def _vsp_row(
+    task: Any, ldir: Path, level: int, stem: str, sample_id: str, log: ImportLog, image_size: int | None
+) -> dict[str, Any]:
+    """One VSP map as a row, checked: its three files exist, the table is a valid map of this level,
+    the PNG decodes and agrees with the table and ``pure_text``; else one DataError naming the file."""
+    img_path, table_path = ldir / "img" / f"{stem}.png", ldir / "table" / f"{stem}.txt"
+    text_path = ldir / "pure_text" / f"{stem}.txt"
+    for p in (img_path, table_path, text_path):
+        if not p.is_file():
+            raise DataError(f"VSP folder is missing {p}")
+    try:
+        state = task.validate(type(task).from_vsp_table(table_path.read_text()))
+    except ValueError as exc:
+        raise DataError(f"{table_path}: {exc}") from None
+    if task.level_of(state) != level:
+        side = task.level_of(state)
+        raise DataError(f"{table_path}: a {side}x{side} map in level{level}/")
+    data = img_path.read_bytes()
+    try:
+        decode_image(data)
+        _check_vsp(state, text_path.read_text(), data, log)
+    except ValueError as exc:  # DataError included
+        raise DataError(f"{table_path}: {exc}") from None
+    return _row("frozenlake", state, paper_image(data, image_size), sample_id, "vsp")
 
 
 # -- VisualPlanning -----------------------------------------------------------------------------------

@@ -115,6 +115,19 @@ def gap_table(rows: Sequence[Mapping[str, Any]], *, n_boot: int = 1000, seed: in
     return table
 
 
+# What each attribution class and run of gap.json means (written into it).
+DEFINITIONS = {
+    "solved": "image plan succeeds",
+    "perception": "image fails, text succeeds, perception wrong",
+    "image_reasoning": "image fails, text succeeds, perception right (the modality gap proper)",
+    "reasoning": "image fails, text fails, perception right",
+    "perception_and_reasoning": "image fails, text fails, perception wrong",
+    "request_failed": "image fails and a request of one of the three runs failed",
+    "perceived": "every perception question answered exactly right",
+    "answer_facts": "the facts block of the image plan answer scored as perception answers",
+}
+
+
 def evaluate_gap(
     backend: Backend,
     data: Sequence[str | Path],
@@ -148,16 +161,7 @@ def evaluate_gap(
     gap = gap_table(rows)
     gap.update(
         {
-            "definitions": {
-                "solved": "image plan succeeds",
-                "perception": "image fails, text succeeds, perception wrong",
-                "image_reasoning": "image fails, text succeeds, perception right (the modality gap proper)",
-                "reasoning": "image fails, text fails, perception right",
-                "perception_and_reasoning": "image fails, text fails, perception wrong",
-                "request_failed": "image fails and a request of one of the three runs failed",
-                "perceived": "every perception question answered exactly right",
-                "answer_facts": "the facts block of the image plan answer scored as perception answers",
-            },
+            "definitions": DEFINITIONS,
             "model": image.get("model"),
             "data": image.get("data"),
             "generation": image.get("generation"),

@@ -28,6 +28,7 @@ def _table(intro: list[str], header: list[str], rows: list[list[Any]]) -> list[s
     return out + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
 
 
+# Over 60 lines, kept whole: the card is one document written in its reading order.
 def write_model_card(base: Path, cfg: PretrainConfig, gates: dict[str, Any], root: Path) -> None:
     """README.md beside the weights: what the base saw, how long it trained, its gates, how to rebuild."""
     from mgsd.eval.gates import GATES, format_gates  # numpy and the scorers: only when a card is written
