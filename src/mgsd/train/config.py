@@ -158,6 +158,14 @@ def validate(cfg: TrainConfig) -> None:
     Without this ``optim.lr=inf`` trained to NaN weights and saved them, ``max_steps=-5`` saved the
     untouched model, and ``log_every=0`` or ``optim.betas=[0.9]`` failed with a traceback mid-run.
     """
+    _validate_loop(cfg)
+    _validate_data_mixture(cfg)
+    _validate_optim(cfg.optim)
+    _validate_lora_opsd(cfg)
+
+
+def _validate_loop(cfg: TrainConfig) -> None:
+    """Batching, step counts, logging and checkpointing."""
     _integer("batch_size", cfg.batch_size, 1)
     _integer("micro_batch_size", cfg.micro_batch_size, 1)
     _integer("max_steps", cfg.max_steps, 0)
@@ -169,6 +177,11 @@ def validate(cfg: TrainConfig) -> None:
     _integer("val_samples", cfg.val_samples, 0)
     _integer("save_every", cfg.save_every, 0)
     _integer("keep_last", cfg.keep_last, 0)
+    _integer("logit_chunk", cfg.logit_chunk, 0)
+
+
+def _validate_data_mixture(cfg: TrainConfig) -> None:
+    """What the examples mix in, and which objective each mixing setting belongs to."""
     _number("dense_weight", cfg.dense_weight, 0)
     _number("replay_symbolic", cfg.replay_symbolic, 0, 1)
     _number("facts_under_plan_prompt", cfg.facts_under_plan_prompt, 0, 1)
@@ -180,7 +193,6 @@ def validate(cfg: TrainConfig) -> None:
         raise ValueError(f"question_kinds: unknown {unknown}; choose from {list(QUESTION_KINDS)}")
     if cfg.scene_questions > 0 and cfg.objective != "pretrain":
         raise ValueError(f"scene_questions is for the pretrain objective, not {cfg.objective!r}")
-    _integer("logit_chunk", cfg.logit_chunk, 0)
     _number("grounding_weight", cfg.grounding_weight, 0)
     if cfg.grounding_weight > 0 and cfg.objective not in ("pretrain", "perception", "plan"):
         raise ValueError(f"grounding_weight is for the SFT objectives, not {cfg.objective!r}")
@@ -204,7 +216,9 @@ def validate(cfg: TrainConfig) -> None:
             w,
             "an integer >= 1",
         )
-    o = cfg.optim
+
+
+def _validate_optim(o: OptimConfig) -> None:
     _number("optim.lr", o.lr, 0, lo_open=True)
     _number("optim.weight_decay", o.weight_decay, 0)
     _check(len(o.betas) == 2, "optim.betas", o.betas, "two numbers, e.g. [0.9, 0.999]")
@@ -216,6 +230,9 @@ def validate(cfg: TrainConfig) -> None:
     _check(o.warmup_ratio < 1, "optim.warmup_ratio", o.warmup_ratio, "in [0, 1)")
     _number("optim.max_grad_norm", o.max_grad_norm, 0)
     _number("optim.vision_lr_scale", o.vision_lr_scale, 0)
+
+
+def _validate_lora_opsd(cfg: TrainConfig) -> None:
     lo = cfg.lora
     _integer("lora.r", lo.r, 0)
     _number("lora.alpha", lo.alpha, 0, lo_open=True)

@@ -69,80 +69,84 @@ def build_examples(
         if r["task"] == SCENE_TASK:
             if objective != "pretrain":
                 raise ValueError(f"scene rows ({r['id']}) only serve the pretrain objective")
-            scene = json.loads(r["state"])
-            if scene_questions > 0 and _share(r["id"]) < scene_questions:
-                _, prompt, target = scene_question(
-                    scene, zlib.crc32(b"ask:" + r["id"].encode()), question_kinds
-                )
-            else:
-                prompt, target = scene_prompt(scene), scene_target(scene)
-            out.append(
-                Example(
-                    id=r["id"],
-                    task=SCENE_TASK,
-                    level=int(r["level"]),
-                    state=r["state"],
-                    prompt=prompt,
-                    image=r["image"],
-                    target=target,
-                )
-            )
-            continue
-        task = get_task(r["task"])
-        state = task.load_state(r["state"])
-        actions = task.split_plan(r["optimal_plan"])
-        common = {
-            "id": r["id"],
-            "task": task.name,
-            "level": int(r["level"]),
-            "state": r["state"],
-            "optimal_length": int(r["optimal_length"]),
-        }
-        if replay_symbolic > 0 and objective in ("perception", "plan") and _share(r["id"]) < replay_symbolic:
-            out.append(_symbolic(common, task, state, actions, style=0))
-        elif objective == "perception" and _share(r["id"], "facts:") < facts_under_plan_prompt:
-            out.append(
-                Example(
-                    **common,
-                    prompt=student_prompt(task),
-                    image=r["image"],
-                    target=task.facts(state),
-                    open_end=True,
-                )
-            )
-        elif objective == "perception":
-            out.append(_perception(common, task, state, r["image"]))
-        elif objective == "plan":
-            out.append(
-                Example(
-                    **common,
-                    prompt=student_prompt(task),
-                    image=r["image"],
-                    target=reference_response(task, state, actions),
-                )
-            )
-        elif objective in ("symbolic", "pretrain"):
-            # Half of the rows are posed as the stage-2 teacher will see them (system turn, symbolic
-            # state, with or without the plan hint): a pretrained instruction model handles that
-            # prompt out of the box, a base built from scratch has to have seen it.
-            style = zlib.crc32(r["id"].encode()) % 4 if teacher_prompts else 0
-            out.append(_symbolic(common, task, state, actions, style))
-        elif objective == "opsd":
-            out.append(
-                Example(
-                    **common,
-                    prompt=student_prompt(task),
-                    image=r["image"],
-                    target=reference_response(task, state, actions),
-                    teacher_system=teacher_system(task),
-                    teacher_prompt=teacher_context(
-                        task, state, actions if privileged == "state+plan" else None
-                    ),
-                )
-            )
+            out.append(_scene_example(r, scene_questions, question_kinds))
         else:
-            raise ValueError(f"unknown objective {objective!r}")
+            out.append(
+                _task_example(
+                    r, objective, privileged, teacher_prompts, replay_symbolic, facts_under_plan_prompt
+                )
+            )
     return out
+
+
+def _scene_example(r: dict[str, Any], scene_questions: float, question_kinds: Sequence[str]) -> Example:
+    """A pretraining scene: its whole description, or (a ``scene_questions`` share) one question."""
+    scene = json.loads(r["state"])
+    if scene_questions > 0 and _share(r["id"]) < scene_questions:
+        _, prompt, target = scene_question(scene, zlib.crc32(b"ask:" + r["id"].encode()), question_kinds)
+    else:
+        prompt, target = scene_prompt(scene), scene_target(scene)
+    return Example(
+        id=r["id"],
+        task=SCENE_TASK,
+        level=int(r["level"]),
+        state=r["state"],
+        prompt=prompt,
+        image=r["image"],
+        target=target,
+    )
+
+
+def _task_example(
+    r: dict[str, Any],
+    objective: str,
+    privileged: str,
+    teacher_prompts: bool,
+    replay_symbolic: float,
+    facts_under_plan_prompt: float,
+) -> Example:
+    """A task row as ``objective`` poses it (see ``build_examples``)."""
+    task = get_task(r["task"])
+    state = task.load_state(r["state"])
+    actions = task.split_plan(r["optimal_plan"])
+    common = {
+        "id": r["id"],
+        "task": task.name,
+        "level": int(r["level"]),
+        "state": r["state"],
+        "optimal_length": int(r["optimal_length"]),
+    }
+    if replay_symbolic > 0 and objective in ("perception", "plan") and _share(r["id"]) < replay_symbolic:
+        return _symbolic(common, task, state, actions, style=0)
+    if objective == "perception" and _share(r["id"], "facts:") < facts_under_plan_prompt:
+        return Example(
+            **common, prompt=student_prompt(task), image=r["image"], target=task.facts(state), open_end=True
+        )
+    if objective == "perception":
+        return _perception(common, task, state, r["image"])
+    if objective == "plan":
+        return Example(
+            **common,
+            prompt=student_prompt(task),
+            image=r["image"],
+            target=reference_response(task, state, actions),
+        )
+    if objective in ("symbolic", "pretrain"):
+        # Half of the rows are posed as the stage-2 teacher will see them (system turn, symbolic
+        # state, with or without the plan hint): a pretrained instruction model handles that
+        # prompt out of the box, a base built from scratch has to have seen it.
+        style = zlib.crc32(r["id"].encode()) % 4 if teacher_prompts else 0
+        return _symbolic(common, task, state, actions, style)
+    if objective == "opsd":
+        return Example(
+            **common,
+            prompt=student_prompt(task),
+            image=r["image"],
+            target=reference_response(task, state, actions),
+            teacher_system=teacher_system(task),
+            teacher_prompt=teacher_context(task, state, actions if privileged == "state+plan" else None),
+        )
+    raise ValueError(f"unknown objective {objective!r}")
 
 
 def perception_twin(e: Example) -> Example:
