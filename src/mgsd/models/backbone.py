@@ -65,6 +65,10 @@ class Backbone:
         param_dtype = next(model.parameters()).dtype
         self.compute_dtype = resolve_dtype(compute_dtype) or param_dtype
         self._teacher_mode = False
+        # Set by a data-parallel engine (train/engines.py): the wrapper the training forward goes
+        # through (DDP), and whether every rank must run the same forwards (FSDP2's collectives).
+        self.train_forward: nn.Module | None = None
+        self.synced = False
         template = getattr(processor, "chat_template", None) or getattr(self.tokenizer, "chat_template", None)
         if not template:
             raise ValueError("the processor has no chat template")
@@ -108,15 +112,22 @@ class Backbone:
         return bb
 
     def save(
-        self, out_dir: str | os.PathLike[str], *, merge_lora: bool = True, dtype: str | None = None
+        self,
+        out_dir: str | os.PathLike[str],
+        *,
+        merge_lora: bool = True,
+        dtype: str | None = None,
+        full_state: dict[str, torch.Tensor] | None = None,
     ) -> Path:
         """Write a plain HF model directory atomically (temp dir, then rename).
 
         With a LoRA adapter: ``merge_lora=True`` folds it into the weights (loadable anywhere);
         ``merge_lora=False`` stores the untouched base weights plus ``adapter/``, so the teacher
         (the base) survives in the checkpoint. ``dtype`` casts the saved weights (e.g. bf16 for eval).
+        ``full_state``: the model's whole state dict gathered from its shards (FSDP2), used instead of
+        the live (sharded) parameters.
         """
-        return save_model_dir(self, out_dir, merge_lora=merge_lora, dtype=dtype)
+        return save_model_dir(self, out_dir, merge_lora=merge_lora, dtype=dtype, state=full_state)
 
     # ------------------------------------------------------------------ properties
     @property

@@ -101,7 +101,8 @@ def generate(
     stops = [int(t) for t in stop_token_ids] if stop_token_ids is not None else bb.eos_token_ids
     if not greedy and temperature <= 0:
         raise ValueError("temperature must be > 0 for sampling (use greedy=True)")
-    if greedy and shrink and not return_logprobs:
+    # Sharded (FSDP2) ranks must run the same forwards: HF's synced loop steps until all are done.
+    if greedy and shrink and not return_logprobs and not bb.synced:
         with bb.eval_mode(), torch.no_grad(), bb.autocast():
             seqs, finished = greedy_shrinking(bb, ctx, max_new_tokens, stops, share_prefix)
         texts = bb.tokenizer.batch_decode(seqs, skip_special_tokens=True)
@@ -126,6 +127,7 @@ def generate(
             **ctx.extras,
             generation_config=config,
             logits_processor=processors,
+            synced_gpus=bb.synced,
         )
     sequences = out.sequences
     if not torch.equal(sequences[:, :prompt_len], ctx.input_ids):

@@ -75,10 +75,14 @@ def load_adapter(model: nn.Module, adapter_dir: str, trainable: bool = True) -> 
         return PeftModel.from_pretrained(model, adapter_dir, is_trainable=trainable)
 
 
-def save_adapter(peft_model: PeftModel, adapter_dir: str) -> None:
-    """Write the adapter weights and config only."""
+def save_adapter(
+    peft_model: PeftModel, adapter_dir: str, state: dict[str, torch.Tensor] | None = None
+) -> None:
+    """Write the adapter weights and config only (from ``state``, the base model's whole state dict
+    gathered from shards, when given)."""
+    kwargs = {} if state is None else {"state_dict": {f"base_model.model.{k}": v for k, v in state.items()}}
     with quiet_peft():
-        peft_model.save_pretrained(adapter_dir)
+        peft_model.save_pretrained(adapter_dir, **kwargs)
 
 
 @contextmanager
@@ -89,9 +93,20 @@ def quiet_peft() -> Iterator[None]:
         yield
 
 
+def _delta(module: LoraLayer, name: str, adapter: str, state: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``get_delta_weight`` of a plain linear LoRA, from whole (gathered) weights in ``state``."""
+    if getattr(module, "use_dora", {}).get(adapter) or module.fan_in_fan_out:
+        raise ValueError("merging a sharded DoRA or fan-in-fan-out adapter is not supported")
+    b, a = state[f"{name}.lora_B.{adapter}.weight"], state[f"{name}.lora_A.{adapter}.weight"]
+    return (b @ a) * module.scaling[adapter]
+
+
 @torch.no_grad()
-def merged_state_dict(peft_model: PeftModel) -> dict[str, torch.Tensor]:
+def merged_state_dict(
+    peft_model: PeftModel, state: dict[str, torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
     """The base model's state dict with every active adapter folded in; the live model is untouched.
+    ``state``: the base model's whole state dict gathered from shards (FSDP2), read instead.
 
     (peft's ``merge_and_unload`` would destroy the adapter and round the fp32 master weights.)
     """
@@ -100,10 +115,12 @@ def merged_state_dict(peft_model: PeftModel) -> dict[str, torch.Tensor]:
     for name, module in base.named_modules():
         if isinstance(module, LoraLayer) and hasattr(module, "base_layer"):
             adapters = [a for a in module.active_adapters if a in module.lora_A]
-            if adapters:
+            if adapters and state is None:
                 deltas[f"{name}.weight"] = sum(module.get_delta_weight(a) for a in adapters)
+            elif adapters:
+                deltas[f"{name}.weight"] = sum(_delta(module, name, a, state) for a in adapters)
     out: dict[str, torch.Tensor] = {}
-    for key, tensor in base.state_dict().items():
+    for key, tensor in (base.state_dict() if state is None else state).items():
         if _LORA_KEY.search(key):
             continue
         clean = key.replace(".base_layer.", ".")
@@ -112,11 +129,14 @@ def merged_state_dict(peft_model: PeftModel) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def base_state_dict(peft_model: PeftModel) -> dict[str, torch.Tensor]:
-    """The base model's own weights (adapters left out), under the original parameter names."""
+def base_state_dict(
+    peft_model: PeftModel, state: dict[str, torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
+    """The base model's own weights (adapters left out), under the original parameter names (from
+    ``state``, gathered from shards, when given)."""
     base = peft_model.get_base_model()
     return {
         key.replace(".base_layer.", "."): tensor
-        for key, tensor in base.state_dict().items()
+        for key, tensor in (base.state_dict() if state is None else state).items()
         if not _LORA_KEY.search(key)
     }

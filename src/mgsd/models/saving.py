@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import torch
+
 from mgsd.files import atomic_directory, write_json
 from mgsd.models import lora as lora_lib
 from mgsd.models.loading import ADAPTER_DIR
@@ -18,17 +20,23 @@ if TYPE_CHECKING:
 
 
 def save_model_dir(
-    bb: Backbone, out_dir: str | os.PathLike[str], *, merge_lora: bool = True, dtype: str | None = None
+    bb: Backbone,
+    out_dir: str | os.PathLike[str],
+    *,
+    merge_lora: bool = True,
+    dtype: str | None = None,
+    state: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """``Backbone.save`` (see there): weights (LoRA merged, or base plus ``adapter/``), processor and
     video processor config."""
     target = resolve_dtype(dtype)
+    whole = state  # gathered from shards (FSDP2), else the live parameters are read
     if bb.peft is None:
-        state = dict(bb.model.state_dict())
+        state = dict(bb.model.state_dict()) if whole is None else dict(whole)
     elif merge_lora:
-        state = lora_lib.merged_state_dict(bb.peft)
+        state = lora_lib.merged_state_dict(bb.peft, whole)
     else:
-        state = lora_lib.base_state_dict(bb.peft)
+        state = lora_lib.base_state_dict(bb.peft, whole)
     if target is not None:
         state = {k: v.to(target) if v.is_floating_point() else v for k, v in state.items()}
     with atomic_directory(out_dir) as tmp, quiet_progress():
@@ -36,7 +44,7 @@ def save_model_dir(
         if target is not None:
             set_config_dtype(tmp / "config.json", str(target).removeprefix("torch."))
         if bb.peft is not None and not merge_lora:
-            lora_lib.save_adapter(bb.peft, str(tmp / ADAPTER_DIR))
+            lora_lib.save_adapter(bb.peft, str(tmp / ADAPTER_DIR), whole)
             # peft records the base as given at load time (often relative to some other cwd);
             # the base weights are the ones saved here, so point at this directory, absolutely.
             set_adapter_base(tmp / ADAPTER_DIR, Path(out_dir).resolve())

@@ -74,7 +74,10 @@ def token_logprobs(
     if logit_chunk:
         inner, head = bb.output_head()
         with mode, torch.set_grad_enabled(grad), bb.autocast():
-            states = inner(**kwargs).last_hidden_state[:, -(R + 1) : -1]
+            if grad and bb.train_forward is not None:  # through the wrapper, for DDP's hooks
+                states = _hidden_through(bb, inner, kwargs)[:, -(R + 1) : -1]
+            else:
+                states = inner(**kwargs).last_hidden_state[:, -(R + 1) : -1]
             weight = head.weight if grad else head.weight.detach()
             bias = head.bias if head.bias is None or grad else head.bias.detach()
             out = OutputStates(states, weight, bias)
@@ -84,8 +87,10 @@ def token_logprobs(
     else:
         if "logits_to_keep" in bb._forward_params:
             kwargs["logits_to_keep"] = R + 1  # only the positions that predict response tokens
+        # The training forward goes through a data-parallel wrapper when there is one (DDP's hooks).
+        model = bb.train_forward if grad and bb.train_forward is not None else bb.model
         with mode, torch.set_grad_enabled(grad), bb.autocast():
-            logits = bb.model(**kwargs).logits
+            logits = model(**kwargs).logits
         logits = logits[:, -(R + 1) : -1]  # position L-1+t predicts response token t
         logprobs = gather_logprobs(logits, targets) * resp_mask
         full = torch.log_softmax(logits.float(), dim=-1) if full_vocab else None
@@ -98,6 +103,21 @@ def token_logprobs(
         full=full,
         hidden=hidden,
     )
+
+
+def _hidden_through(bb: Backbone, inner: nn.Module, kwargs: dict[str, Any]) -> torch.Tensor:
+    """The final hidden states of ``inner`` from a forward of the whole model through
+    ``bb.train_forward`` (one logit row kept: the head is applied in chunks by the caller)."""
+    if "logits_to_keep" not in bb._forward_params:
+        raise ValueError("logit_chunk under a data-parallel engine needs a model taking logits_to_keep")
+    seen: dict[str, torch.Tensor] = {}
+    hook = inner.register_forward_hook(lambda _m, _a, out: seen.__setitem__("h", out.last_hidden_state))
+    try:
+        assert bb.train_forward is not None
+        bb.train_forward(**kwargs, logits_to_keep=1)
+    finally:
+        hook.remove()
+    return seen["h"]
 
 
 def output_head(model: nn.Module) -> tuple[nn.Module, nn.Linear]:

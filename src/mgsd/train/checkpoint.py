@@ -1,10 +1,14 @@
 """Resumable training checkpoints: safetensors files in a directory that appears atomically.
 
-A checkpoint ``step-000050/`` holds the trainable weights (``weights.safetensors``), the AdamW state
-(``optimizer.safetensors``), extra weights such as an EMA teacher (``extra.safetensors``), the torch
-RNG state and ``state.json`` (step, the data position, the best validation score, the config). It is
-written to a hidden temporary directory and renamed, so a run killed at any moment leaves either a
-complete checkpoint or none (``mgsd.files.atomic_directory``).
+A checkpoint ``step-000050/`` holds the trainable weights (``weights.safetensors``, whole tensors
+gathered from the shards under FSDP2), the AdamW state (``optimizer.safetensors``; under FSDP2 one
+file of its rank's shards per rank, ``optimizer-rank{r}.safetensors``), extra weights such as an
+EMA teacher (``extra.safetensors``), the torch RNG state and ``state.json`` (step, the data
+position, the best validation score, the config). It is written to a hidden temporary directory and
+renamed, so a run killed at any moment leaves either a complete checkpoint or none
+(``mgsd.files.atomic_directory``): rank 0 makes the temporary directory, every rank writes its
+optimizer shard into it, and rank 0 renames it once all have. ``state.json`` names the engine and
+world size; a resume with another one is refused (the shards would not fit).
 """
 
 from __future__ import annotations
@@ -18,9 +22,11 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
 from mgsd.files import atomic_directory
+from mgsd.train.engines import from_shard, local, shard_of
 
 _PREFIX = "step-"
 
@@ -36,7 +42,7 @@ def _optimizer_tensors(
             name = names[id(p)]
             for key, value in opt.state.get(p, {}).items():
                 if isinstance(value, torch.Tensor):
-                    tensors[f"{name}::{key}"] = value.detach().contiguous().cpu()
+                    tensors[f"{name}::{key}"] = local(value.detach()).contiguous().cpu()
                 else:
                     scalars[f"{name}::{key}"] = value
     return tensors, scalars
@@ -51,19 +57,38 @@ def save_checkpoint(
     state: dict[str, Any],
     extra: dict[str, torch.Tensor] | None = None,
     keep_last: int = 2,
-) -> Path:
-    """Write checkpoint ``step`` under ``root`` and delete all but the ``keep_last`` newest."""
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
+    weights: dict[str, torch.Tensor] | None = None,
+    engine: dict[str, Any] | None = None,
+) -> Path | None:
+    """Write checkpoint ``step`` under ``root`` and delete all but the ``keep_last`` newest.
+
+    ``params``: the live trainable parameters (they name the optimizer state); ``weights``: their
+    whole tensors when ``params`` are shards (gathered by every rank beforehand). ``engine``:
+    ``{"name", "world", "rank", "sharded"}``; every rank calls this when ``sharded`` (each writes
+    its optimizer shard), else rank 0 only. Returns the checkpoint's path (None on the other ranks)."""
+    eng = engine or {"name": "single", "world": 1, "rank": 0, "sharded": False}
+    root, rank = Path(root), eng["rank"]
     final = root / f"{_PREFIX}{step:06d}"
+    names = {id(p): k for k, p in params.items()}
+    opt_tensors, opt_scalars = _optimizer_tensors(optimizer, names)
+    if rank != 0:  # a sharded run's other ranks: their optimizer shard, into rank 0's directory
+        box: list[Any] = [None]
+        dist.broadcast_object_list(box, src=0)
+        save_file(opt_tensors, str(Path(box[0]) / f"optimizer-rank{rank}.safetensors"))
+        dist.barrier()
+        return None
+    root.mkdir(parents=True, exist_ok=True)
     # atomic_directory's hidden ".step-000050.tmp-*" never matches _PREFIX, so checkpoints() skips it.
     with atomic_directory(final) as tmp:
+        opt_name = f"optimizer-rank{rank}.safetensors" if eng["sharded"] else "optimizer.safetensors"
+        save_file(opt_tensors, str(tmp / opt_name))
+        if eng["sharded"]:
+            dist.broadcast_object_list([str(tmp)], src=0)
+            dist.barrier()  # every rank's shard is in tmp
         save_file(
-            {k: v.detach().contiguous().cpu() for k, v in params.items()}, str(tmp / "weights.safetensors")
+            {k: v.detach().contiguous().cpu() for k, v in (weights or params).items()},
+            str(tmp / "weights.safetensors"),
         )
-        names = {id(p): k for k, p in params.items()}
-        opt_tensors, opt_scalars = _optimizer_tensors(optimizer, names)
-        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
         if extra:
             save_file(
                 {k: v.detach().contiguous().cpu() for k, v in extra.items()}, str(tmp / "extra.safetensors")
@@ -72,6 +97,7 @@ def save_checkpoint(
         full_state = {
             **state,
             "step": step,
+            "engine": {"name": eng["name"], "world": eng["world"]},
             "optimizer_scalars": opt_scalars,
             "python_rng": repr(random.getstate()),
             # fingerprint only; numpy is reseeded per step
@@ -84,6 +110,18 @@ def save_checkpoint(
     for old in sorted(checkpoints(root))[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def check_engine(path: str | Path, engine: dict[str, Any]) -> None:
+    """Refuse, in one line, to resume a checkpoint made by another engine or world size."""
+    saved = json.loads((Path(path) / "state.json").read_text()).get("engine")
+    if saved is None:  # checkpoints of older versions: one replicated optimizer state, any world
+        return
+    if (saved["name"], saved["world"]) != (engine["name"], engine["world"]):
+        raise ValueError(
+            f"cannot resume {path}: it was made by {saved['name']} on {saved['world']} process(es), "
+            f"this run is {engine['name']} on {engine['world']}; relaunch the same way or use another --out"
+        )
 
 
 def checkpoints(root: str | Path) -> list[Path]:
@@ -103,8 +141,10 @@ def load_checkpoint(
     *,
     params: dict[str, torch.nn.Parameter],
     optimizer: torch.optim.Optimizer,
+    rank: int | None = None,
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Restore weights and optimizer state in place; returns (state.json, extra tensors)."""
+    """Restore weights and optimizer state in place; returns (state.json, extra tensors).
+    ``rank``: read that rank's optimizer shard (a sharded run's checkpoint)."""
     path = Path(path)
     weights = load_file(str(path / "weights.safetensors"))
     missing = sorted(set(params) - set(weights))
@@ -114,9 +154,10 @@ def load_checkpoint(
         )
     with torch.no_grad():
         for name, p in params.items():
-            p.copy_(weights[name].to(p.device, p.dtype))
+            p.copy_(shard_of(p, weights[name].to(p.dtype)))
     state = json.loads((path / "state.json").read_text())
-    opt_tensors = load_file(str(path / "optimizer.safetensors"))
+    opt_file = "optimizer.safetensors" if rank is None else f"optimizer-rank{rank}.safetensors"
+    opt_tensors = load_file(str(path / opt_file))
     scalars = state.pop("optimizer_scalars", {})
     names = {id(p): k for k, p in params.items()}
     for group in optimizer.param_groups:
@@ -125,7 +166,8 @@ def load_checkpoint(
             entry = {}
             for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "step"):
                 if f"{name}::{key}" in opt_tensors:
-                    entry[key] = opt_tensors[f"{name}::{key}"].to(p.device)
+                    value = opt_tensors[f"{name}::{key}"]
+                    entry[key] = from_shard(p, value) if value.dim() else value.to(p.device)
                 elif f"{name}::{key}" in scalars:
                     entry[key] = scalars[f"{name}::{key}"]
             if entry:

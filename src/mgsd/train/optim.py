@@ -39,7 +39,7 @@ def learning_rate(o: OptimConfig, step: int, total: int) -> float:
 
 def sync_gradients(params: Mapping[str, torch.nn.Parameter], world: int) -> None:
     """Sum gradients over processes (each rank's loss is already a share of the global mean)."""
-    if world == 1:
+    if world == 1 or not params:
         return
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params.values()]
     flat = torch.cat([g.reshape(-1) for g in grads])

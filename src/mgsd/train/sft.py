@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
@@ -54,29 +55,36 @@ def sft_step(
     grounding: AttentionTap | None = None,
     *,
     weight: float = 1.0,
+    sync: Callable[[bool], AbstractContextManager[object]] = lambda _last: nullcontext(),
 ) -> dict[str, float]:
     """Cross-entropy on the target tokens, normalised by the global number of target tokens; the
     gradients of every micro-batch (scaled by ``weight``, for an auxiliary use) accumulate in the
-    parameters. Returns the step's logs (unscaled)."""
+    parameters. ``sync(last)`` is each micro-batch's context, forward and backward (the engine's: DDP
+    all-reduces on the last micro-batch only). Returns the step's logs (unscaled)."""
     targets = [bb.encode_responses([e.target or ""], add_eos=not e.open_end)[0] for e in exs]
     n_tokens = sum_all(float(sum(len(t) for t in targets)))
     n_images = sum_all(float(sum(e.image is not None for e in exs)))
     loss_sum, dense_acc, grounded = 0.0, [], []
-    for idx in micro_batches(len(exs), cfg.micro_batch_size, exs):
-        ctx = encode_student(bb, [exs[i] for i in idx])
-        lp, mask = bb.token_logprobs(ctx, [targets[i] for i in idx], grad=True, logit_chunk=cfg.logit_chunk)
-        loss = -obj.masked_mean(lp, mask, n_tokens)
-        weights = grounding.take() if grounding is not None else None
-        if dense is not None and exs[idx[0]].image is not None:
-            d, acc = dense_loss(bb, dense, [exs[i] for i in idx], ctx)
-            loss = loss + cfg.dense_weight * d * len(idx) / n_images
-            dense_acc.append(acc)
-        if weights is not None and exs[idx[0]].image is not None:
-            ground = attention_loss(bb, [exs[i] for i in idx], [targets[i] for i in idx], ctx, weights)
-            if ground is not None:
-                loss = loss + cfg.grounding_weight * ground * len(idx) / n_images
-                grounded.append(float(ground.detach()))
-        (loss * weight if weight != 1.0 else loss).backward()
+    chunks = micro_batches(len(exs), cfg.micro_batch_size, exs)
+    for j, idx in enumerate(chunks):
+        # The forward too: DDP decides in its forward whether the backward all-reduces.
+        with sync(j == len(chunks) - 1):
+            ctx = encode_student(bb, [exs[i] for i in idx])
+            lp, mask = bb.token_logprobs(
+                ctx, [targets[i] for i in idx], grad=True, logit_chunk=cfg.logit_chunk
+            )
+            loss = -obj.masked_mean(lp, mask, n_tokens)
+            weights = grounding.take() if grounding is not None else None
+            if dense is not None and exs[idx[0]].image is not None:
+                d, acc = dense_loss(bb, dense, [exs[i] for i in idx], ctx)
+                loss = loss + cfg.dense_weight * d * len(idx) / n_images
+                dense_acc.append(acc)
+            if weights is not None and exs[idx[0]].image is not None:
+                ground = attention_loss(bb, [exs[i] for i in idx], [targets[i] for i in idx], ctx, weights)
+                if ground is not None:
+                    loss = loss + cfg.grounding_weight * ground * len(idx) / n_images
+                    grounded.append(float(ground.detach()))
+            (loss * weight if weight != 1.0 else loss).backward()
         loss_sum += float(loss.detach()) * n_tokens
     logs = {"loss": sum_all(loss_sum) / n_tokens, "target_tokens": n_tokens}
     if grounded:

@@ -2,7 +2,8 @@
 
 Read ``Trainer.run`` top to bottom: per optimizer step it takes the step's slice of a seeded global
 batch, computes the objective over micro-batches with gradients accumulated, sums gradients over
-processes, clips, steps AdamW on fp32 master weights, logs, validates and checkpoints. The SFT step
+processes (through the launch's engine, train/engines.py: one process, DDP or FSDP2), clips, steps
+AdamW on fp32 master weights, logs, validates and checkpoints. The SFT step
 is train/sft.py; the stage-2 step, ``Trainer._opsd_step``, is here, its teachers in
 train/teachers.py and its losses in ``objectives.STAGE2_LOSSES``.
 
@@ -42,8 +43,9 @@ from mgsd.train.batches import (
     spread,
     step_seed,
 )
-from mgsd.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from mgsd.train.checkpoint import check_engine, latest_checkpoint, load_checkpoint, save_checkpoint
 from mgsd.train.config import TrainConfig
+from mgsd.train.engines import Engine, full
 from mgsd.train.examples import Example, build_examples, perception_twin
 from mgsd.train.optim import build_optimizer, learning_rate, sync_gradients
 from mgsd.train.resume import check_resume, fingerprint
@@ -64,7 +66,6 @@ class TrainingError(ValueError):
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, *, resume: bool = False) -> None:
-        from accelerate import Accelerator
 
         for key, what in (("model", "a model directory or hub id"), ("out", "the run directory")):
             if not getattr(cfg, key):
@@ -73,10 +74,8 @@ class Trainer:
             raise ValueError("config: train_data is required (one or more dataset directories)")
         check_trackers(cfg.trackers)
         self.cfg = cfg
-        self.acc = Accelerator(
-            cpu=not torch.cuda.is_available(), log_with=cfg.trackers or None, project_dir=cfg.out
-        )
-        self.rank, self.world = self.acc.process_index, self.acc.num_processes
+        self.engine = Engine(cfg)
+        self.acc, self.rank, self.world = self.engine.acc, self.engine.rank, self.engine.world
         if cfg.batch_size % self.world:
             raise ValueError(f"batch_size {cfg.batch_size} is not divisible by {self.world} processes")
         self.out = Path(cfg.out)
@@ -86,17 +85,22 @@ class Trainer:
         torch.manual_seed(cfg.seed)
 
         self.bb = self._load_student()
+        self.engine.wrap(self.bb)  # before the parameters are read: FSDP2 replaces them by shards
         self.params = {n: p for n, p in self.bb.model.named_parameters() if p.requires_grad}
         if not self.params:
             raise ValueError("nothing to train: every parameter is frozen")
         self.teacher: Teacher | None = (
             make_teacher(cfg, self.bb, self.acc.device) if cfg.objective == "opsd" else None
         )
+        self.engine.wrap_teacher(self.teacher, self.bb)
         self.dense = make_dense(cfg, self.bb, self.acc.device)
         if (
             self.dense is not None
         ):  # in self.params so that checkpoints and resume carry it; never saved in the model
             self.params |= {f"dense_head.{n}": p for n, p in self.dense[0].named_parameters()}
+        # Gradients the engine does not reduce (the dense head lives outside the model) are summed
+        # by hand; with one process there is nothing to sum.
+        self.hand_synced = {k: p for k, p in self.params.items() if k.startswith("dense_head.")}
         self.grounding = make_grounding(cfg, self.bb)
         self._load_data()
         self.opt = build_optimizer(self.params, cfg.optim)
@@ -105,7 +109,9 @@ class Trainer:
         self._fingerprint: dict[str, Any] | None = None
         if resume and (ck := latest_checkpoint(self.ckpt_dir)):
             check_resume(ck, cfg, self.fingerprint())
-            state, extra = load_checkpoint(ck, params=self.params, optimizer=self.opt)
+            check_engine(ck, self.engine.describe())
+            rank = self.rank if self.engine.sharded else None
+            state, extra = load_checkpoint(ck, params=self.params, optimizer=self.opt, rank=rank)
             self.step, self.best = int(state["step"]), state.get("best")
             if self.teacher is not None:
                 self.teacher.load_state(extra)
@@ -171,16 +177,10 @@ class Trainer:
         steps_per_epoch = max(1, self.batches.epoch_len // cfg.batch_size)
         self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
 
-    def _sum_all(self, value: float) -> float:
-        if self.world == 1:
-            return value
-        t = torch.tensor([value], dtype=torch.float64, device=self.acc.device)
-        dist.all_reduce(t)
-        return float(t.item())
-
     # ------------------------------------------------------------------ objectives
     def _sft_step(self, exs: list[Example]) -> dict[str, float]:
-        return sft_step(self.bb, self.cfg, exs, self._sum_all, self.dense, self.grounding)
+        sync = self.engine.backward_sync
+        return sft_step(self.bb, self.cfg, exs, self.engine.sum_all, self.dense, self.grounding, sync=sync)
 
     def _opsd_step(self, exs: list[Example]) -> dict[str, float]:
         """On-policy self-distillation: the student samples from the image; the teacher scores those
@@ -192,8 +192,10 @@ class Trainer:
         loss_fn = obj.STAGE2_LOSSES[c.loss]
         full = loss_fn.vocabulary  # the teacher returns whole distributions, not only sampled tokens
         ro = rollout(self.bb, c, [e for e in exs for _ in range(c.rollouts_per_prompt)])
-        n_tokens = self._sum_all(float(sum(len(r) for r in ro.responses)))
-        global_success = self._sum_all(float(ro.success.sum())) / self._sum_all(float(len(ro.responses)))
+        n_tokens = self.engine.sum_all(float(sum(len(r) for r in ro.responses)))
+        global_success = self.engine.sum_all(float(ro.success.sum())) / self.engine.sum_all(
+            float(len(ro.responses))
+        )
         chunks = [
             (idx, [ro.responses[i] for i in idx])
             for idx in micro_batches(len(ro.responses), self.cfg.micro_batch_size)
@@ -209,24 +211,29 @@ class Trainer:
             teach.append(teacher.logprobs(ro.teacher.select(idx), rs, full))
         stats = {"reverse_kl": 0.0, "teacher_logp": 0.0, "student_logp": 0.0}
         for update in range(c.updates_per_rollout):
-            for (idx, rs), old_lp, t in zip(chunks, old, teach, strict=True):
-                new = self.bb.token_logprobs(
-                    ro.student.select(idx), rs, grad=True, full_vocab=full, logit_chunk=chunk
-                )
-                batch = obj.Stage2Batch(new, t, old_lp, ro.success[idx] - global_success, n_tokens, chunk)
-                # A chunked vocabulary loss runs the head under autocast, as lm_head would.
-                with self.bb.autocast() if full and chunk else nullcontext():
-                    loss = loss_fn.fn(batch, c)
-                (loss / c.updates_per_rollout).backward()
-                if update == 0:
-                    gap = logprob_gap(new, t).detach()  # also checks the pair: same ids, template, vocabulary
-                    stats["reverse_kl"] += float(gap.sum())
-                    stats["teacher_logp"] += float((t.logprobs * new.mask).sum())
-                    stats["student_logp"] += float((new.logprobs.detach() * new.mask).sum())
-        logs = rollout_logs(stats, n_tokens, ro, self._sum_all)
+            for j, ((idx, rs), old_lp, t) in enumerate(zip(chunks, old, teach, strict=True)):
+                last = (update, j) == (c.updates_per_rollout - 1, len(chunks) - 1) and not c.perception_replay
+                with self.engine.backward_sync(last):  # around the forward: DDP decides there
+                    new = self.bb.token_logprobs(
+                        ro.student.select(idx), rs, grad=True, full_vocab=full, logit_chunk=chunk
+                    )
+                    batch = obj.Stage2Batch(new, t, old_lp, ro.success[idx] - global_success, n_tokens, chunk)
+                    # A chunked vocabulary loss runs the head under autocast, as lm_head would.
+                    with self.bb.autocast() if full and chunk else nullcontext():
+                        loss = loss_fn.fn(batch, c)
+                    (loss / c.updates_per_rollout).backward()
+                    if update == 0:
+                        gap = logprob_gap(
+                            new, t
+                        ).detach()  # also checks the pair: same ids, template, vocabulary
+                        stats["reverse_kl"] += float(gap.sum())
+                        stats["teacher_logp"] += float((t.logprobs * new.mask).sum())
+                        stats["student_logp"] += float((new.logprobs.detach() * new.mask).sum())
+        logs = rollout_logs(stats, n_tokens, ro, self.engine.sum_all)
         if c.perception_replay > 0:  # not in the paper: see OPSDConfig.perception_replay
             twins = [perception_twin(e) for e in exs]
-            replay = sft_step(self.bb, self.cfg, twins, self._sum_all, weight=c.perception_replay)
+            sync, w = self.engine.backward_sync, c.perception_replay
+            replay = sft_step(self.bb, self.cfg, twins, self.engine.sum_all, weight=w, sync=sync)
             logs["perception_replay_loss"] = replay["loss"]  # "loss" stays the reverse KL
         return logs
 
@@ -278,11 +285,11 @@ class Trainer:
     def _optimizer_step(self, step: int, loss: float) -> tuple[float, float]:
         """Sum, check and clip the gradients, step AdamW, clear the gradients; ``(lr, grad norm)``."""
         cfg = self.cfg
-        sync_gradients(self.params, self.world)
+        sync_gradients(self.params if self.engine.name == "single" else self.hand_synced, self.world)
         # The norm is always computed (clipping by inf scales by 1): a NaN or inf gradient stops
         # the run before AdamW writes it into the weights.
         max_norm = cfg.optim.max_grad_norm or math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(list(self.params.values()), max_norm))
+        grad_norm = self.engine.grad_norm(list(self.params.values()), max_norm)
         self._check_finite(step, loss, grad_norm)
         lr = learning_rate(cfg.optim, step, self.total_steps)
         for group in self.opt.param_groups:
@@ -306,8 +313,8 @@ class Trainer:
         if final:
             self._log({"step": self.step, **final})
         self._assert_finite_weights()
+        self.engine.save_model(self.bb, self.out / "model", self.cfg.save_merged)
         if self.acc.is_main_process:
-            self.bb.save(self.out / "model", merge_lora=self.cfg.save_merged)
             summary = {"steps": self.step, "final": last, "validation": final, "best": self.best}
             write_json(summary, self.out / "summary.json")
         self.close()
@@ -334,7 +341,7 @@ class Trainer:
 
     def _assert_finite_weights(self) -> None:
         """Never save NaN or inf weights (e.g. an lr so large that one finite step overflows)."""
-        bad = next((n for n, p in self.params.items() if not bool(torch.isfinite(p.detach()).all())), None)
+        bad = self.engine.all_finite(self.params)
         if bad is not None:
             self.close()
             raise TrainingError(
@@ -351,9 +358,9 @@ class Trainer:
         )
         if self.best is None or value > self.best:
             self._assert_finite_weights()  # on every rank (replicas), so all stop together
-        if self.acc.is_main_process and (self.best is None or value > self.best):
+        if self.best is None or value > self.best:  # every rank: the same value, and FSDP2 gathers
             self.best = value
-            self.bb.save(self.out / "best", merge_lora=cfg.save_merged)
+            self.engine.save_model(self.bb, self.out / "best", cfg.save_merged)
         return result
 
     def _log(self, record: dict[str, Any]) -> None:
@@ -361,7 +368,10 @@ class Trainer:
 
     def _checkpoint(self) -> None:
         self._assert_finite_weights()
-        if self.acc.is_main_process:
+        sharded = self.engine.sharded
+        # Sharded: every rank gathers the whole weights (collective) and writes its optimizer shard.
+        weights = {k: full(p.detach()) for k, p in self.params.items()} if sharded else None
+        if self.acc.is_main_process or sharded:
             save_checkpoint(
                 self.ckpt_dir,
                 self.step,
@@ -370,6 +380,8 @@ class Trainer:
                 state={"best": self.best, "config": to_dict(self.cfg), "fingerprint": self.fingerprint()},
                 extra=self.teacher.state() if self.teacher is not None else None,
                 keep_last=self.cfg.keep_last,
+                weights=weights,
+                engine=self.engine.describe(),
             )
         self.acc.wait_for_everyone()
 
