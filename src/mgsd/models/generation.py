@@ -120,7 +120,7 @@ def generate(
         use_cache=True,
         **sampling,
     )
-    with own_generation_config(bb.model), bb.eval_mode(), torch.no_grad(), bb.autocast():
+    with own_generation_config(bb.model), bb.eval_mode(), torch.no_grad(), bb.autocast(), root_unsharded(bb):
         out = bb.model.generate(
             input_ids=ctx.input_ids,
             attention_mask=ctx.attention_mask,
@@ -232,6 +232,20 @@ def _prefill(bb: Backbone, ctx: Context, vision_ids: list[int] | None) -> tuple[
 def _cache_of(out: Any) -> Any:
     cache = getattr(out, "cache", None)
     return out.past_key_values if cache is None else cache
+
+
+@contextmanager
+def root_unsharded(bb: Backbone) -> Iterator[None]:
+    """A sharded (FSDP2) model's root parameters gathered for the block: ``generate`` calls parts of
+    the model (the image features) outside its forward, where FSDP would not gather them."""
+    if not bb.synced:
+        yield
+        return
+    bb.model.unshard()
+    try:
+        yield
+    finally:
+        bb.model.reshard()
 
 
 @contextmanager

@@ -124,6 +124,9 @@ class Engine:
             if type(module).__name__ in blocks:
                 fully_shard(module, reshard_after_forward=reshard)
         fully_shard(bb.model, reshard_after_forward=reshard)
+        # Make bb.model the root now: generation calls parts of it (HF's image features) before
+        # any forward of the whole model, and the first FSDP module to run would otherwise be root.
+        bb.model._get_fsdp_state()._lazy_init()
         for module in bb.model.modules():
             if hasattr(module, "set_gradient_divide_factor"):
                 # A plain SUM (each rank's loss is a share of the mean); forced, since gloo has no
