@@ -109,13 +109,16 @@ def test_train_cli_picks_a_section(monkeypatch: pytest.MonkeyPatch, capsys: pyte
     assert len(seen) == 1
 
 
-def test_accelerate_ddp_config_is_valid_and_no_fsdp_is_shipped() -> None:
+def test_accelerate_ddp_and_fsdp2_configs_are_valid() -> None:
     from accelerate.commands.config.config_args import load_config_from_file
 
     cfg = load_config_from_file(str(CONFIGS / "accelerate" / "ddp.yaml"))  # unknown keys raise
     assert cfg.distributed_type == "MULTI_GPU" and cfg.mixed_precision == "no" and not cfg.use_cpu
-    # Our loop does not shard the model: an FSDP config would be silently ignored, so none is shipped.
-    assert not [p for p in (CONFIGS / "accelerate").iterdir() if "fsdp" in p.name.lower()]
+    fsdp = load_config_from_file(str(CONFIGS / "accelerate" / "fsdp2.yaml"))
+    assert fsdp.distributed_type == "FSDP" and fsdp.mixed_precision == "no"
+    assert fsdp.fsdp_config["fsdp_version"] == 2 and fsdp.fsdp_config["fsdp_reshard_after_forward"]
+    # DeepSpeed is not routed through our loop (untested here): no config for it is shipped.
+    assert not [p for p in (CONFIGS / "accelerate").iterdir() if "deepspeed" in p.name.lower()]
 
 
 @pytest.mark.parametrize("name", ["default.yaml", "smoke.yaml", "scratch.yaml"])

@@ -76,7 +76,11 @@ def _two(args, out, engine, *, popen=False, check=True):
     if popen:
         # Its own session, so that kill -9 can hit the launcher and both workers at once.
         return subprocess.Popen(
-            cmd, env=_env(engine), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+            cmd,
+            env=_env(engine),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(engine), timeout=300)
     if check:
