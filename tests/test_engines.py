@@ -99,15 +99,20 @@ def _same(a, b, atol):
 
 
 @pytest.mark.parametrize(
-    ("objective", "extra"),
-    [("plan", ["lora.r=0"]), ("opsd", ["lora.r=4", "opsd.teacher=base"])],
-    ids=["sft-full", "opsd-lora"],
+    ("objective", "extra", "engines"),
+    [
+        ("plan", ["lora.r=0"], ("ddp", "fsdp2")),
+        ("opsd", ["lora.r=4", "opsd.teacher=base"], ("ddp", "fsdp2")),
+        # A full fine-tune's separate frozen teacher, sharded like the student (an FSDP2 matter).
+        ("opsd", ["lora.r=0", "opsd.teacher=init"], ("fsdp2",)),
+    ],
+    ids=["sft-full", "opsd-lora-adapter-off-teacher", "opsd-full-init-teacher"],
 )
-def test_ddp_and_fsdp2_equal_one_process(setup, tmp_path, objective, extra):
+def test_ddp_and_fsdp2_equal_one_process(setup, tmp_path, objective, extra, engines):
     root, model = setup
     args = _args(root, model, objective, 2, extra)
     _one(args, tmp_path / "one")
-    for engine in ("ddp", "fsdp2"):
+    for engine in engines:
         _two(args, tmp_path / engine, engine)
         _same(_weights(tmp_path / "one"), _weights(tmp_path / engine), ATOL)
 

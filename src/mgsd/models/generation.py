@@ -110,16 +110,7 @@ def generate(
     prompt_len = ctx.input_ids.shape[1]
     recorder = RecordLogprobs(prompt_len) if return_logprobs else None
     processors = LogitsProcessorList([p for p in (recorder, Suppress(bb._never_sample())) if p is not None])
-    sampling = {} if greedy else {"temperature": temperature, "top_p": top_p, "top_k": 0}
-    config = GenerationConfig(
-        max_new_tokens=max_new_tokens,
-        do_sample=not greedy,
-        eos_token_id=stops,
-        pad_token_id=bb.pad_token_id,
-        return_dict_in_generate=True,
-        use_cache=True,
-        **sampling,
-    )
+    config = _generation_config(bb, max_new_tokens, greedy, temperature, top_p, stops)
     with own_generation_config(bb.model), bb.eval_mode(), torch.no_grad(), bb.autocast(), root_unsharded(bb):
         out = bb.model.generate(
             input_ids=ctx.input_ids,
@@ -144,6 +135,22 @@ def generate(
     texts = bb.tokenizer.batch_decode(seqs, skip_special_tokens=True)
     return Generation(
         sequences=seqs, texts=texts, finished=finished, logprobs=lps if step_lp is not None else None
+    )
+
+
+def _generation_config(
+    bb: Backbone, max_new_tokens: int, greedy: bool, temperature: float, top_p: float, stops: list[int]
+) -> GenerationConfig:
+    """Only our explicit settings (see ``own_generation_config``)."""
+    sampling = {} if greedy else {"temperature": temperature, "top_p": top_p, "top_k": 0}
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=not greedy,
+        eos_token_id=stops,
+        pad_token_id=bb.pad_token_id,
+        return_dict_in_generate=True,
+        use_cache=True,
+        **sampling,
     )
 
 

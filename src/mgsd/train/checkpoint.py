@@ -72,11 +72,7 @@ def save_checkpoint(
     names = {id(p): k for k, p in params.items()}
     opt_tensors, opt_scalars = _optimizer_tensors(optimizer, names)
     if rank != 0:  # a sharded run's other ranks: their optimizer shard, into rank 0's directory
-        box: list[Any] = [None]
-        dist.broadcast_object_list(box, src=0)
-        save_file(opt_tensors, str(Path(box[0]) / f"optimizer-rank{rank}.safetensors"))
-        dist.barrier()
-        return None
+        return _write_shard(opt_tensors, rank)
     root.mkdir(parents=True, exist_ok=True)
     # atomic_directory's hidden ".step-000050.tmp-*" never matches _PREFIX, so checkpoints() skips it.
     with atomic_directory(final) as tmp:
@@ -122,6 +118,14 @@ def check_engine(path: str | Path, engine: dict[str, Any]) -> None:
             f"cannot resume {path}: it was made by {saved['name']} on {saved['world']} process(es), "
             f"this run is {engine['name']} on {engine['world']}; relaunch the same way or use another --out"
         )
+
+
+def _write_shard(tensors: dict[str, torch.Tensor], rank: int) -> None:
+    """A non-zero rank's optimizer shard, written into the temporary directory rank 0 broadcasts."""
+    box: list[Any] = [None]
+    dist.broadcast_object_list(box, src=0)
+    save_file(tensors, str(Path(box[0]) / f"optimizer-rank{rank}.safetensors"))
+    dist.barrier()  # rank 0 renames the directory only after this
 
 
 def checkpoints(root: str | Path) -> list[Path]:

@@ -356,9 +356,8 @@ class Trainer:
         value, result = validate(
             self.bb, self.val, cfg.objective, cfg.micro_batch_size, cfg.opsd.max_new_tokens
         )
-        if self.best is None or value > self.best:
-            self._assert_finite_weights()  # on every rank (replicas), so all stop together
-        if self.best is None or value > self.best:  # every rank: the same value, and FSDP2 gathers
+        if self.best is None or value > self.best:  # every rank sees the same value: all save (FSDP2
+            self._assert_finite_weights()  # gathers) or stop together
             self.best = value
             self.engine.save_model(self.bb, self.out / "best", cfg.save_merged)
         return result
