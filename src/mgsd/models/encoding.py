@@ -5,19 +5,17 @@ that start a new token after the generation prompt."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from PIL import Image
 
 from mgsd.models.chat import Message, count_images
 from mgsd.models.context import Context
-
-if TYPE_CHECKING:
-    from mgsd.models.backbone import Backbone
+from mgsd.models.parts import ModelParts
 
 
 def encode_conversations(
-    bb: Backbone,
+    bb: ModelParts,
     conversations: Sequence[Sequence[Message]],
     images: Sequence[Sequence[Image.Image]] | None,
     *,
@@ -55,7 +53,7 @@ def encode_conversations(
     return ctx
 
 
-def response_ids(bb: Backbone, texts: Sequence[str], *, add_eos: bool) -> list[list[int]]:
+def response_ids(bb: ModelParts, texts: Sequence[str], *, add_eos: bool) -> list[list[int]]:
     """``Backbone.encode_responses`` (see there)."""
     texts = list(texts)
     if not texts:

@@ -6,18 +6,16 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
+from mgsd.models.context import Context
 from mgsd.models.guards import config_value
+from mgsd.models.parts import ModelParts
 from mgsd.models.positions import position_ids
 from mgsd.models.prefix import MIN_SHARED, hoist_prefix, shared_prefix_length
-
-if TYPE_CHECKING:
-    from mgsd.models.backbone import Backbone
-    from mgsd.models.context import Context
 
 
 @dataclass
@@ -84,7 +82,7 @@ def cut_at_stop(row: Sequence[int], stop_ids: Sequence[int]) -> tuple[list[int],
 
 
 def generate(
-    bb: Backbone,
+    bb: ModelParts,
     ctx: Context,
     *,
     max_new_tokens: int,
@@ -139,7 +137,7 @@ def generate(
 
 
 def _generation_config(
-    bb: Backbone, max_new_tokens: int, greedy: bool, temperature: float, top_p: float, stops: list[int]
+    bb: ModelParts, max_new_tokens: int, greedy: bool, temperature: float, top_p: float, stops: list[int]
 ) -> GenerationConfig:
     """Only our explicit settings (see ``own_generation_config``)."""
     sampling = {} if greedy else {"temperature": temperature, "top_p": top_p, "top_k": 0}
@@ -155,7 +153,7 @@ def _generation_config(
 
 
 def greedy_shrinking(
-    bb: Backbone, ctx: Context, max_new_tokens: int, stops: Sequence[int], share_prefix: bool = True
+    bb: ModelParts, ctx: Context, max_new_tokens: int, stops: Sequence[int], share_prefix: bool = True
 ) -> tuple[list[list[int]], list[bool]]:
     """Greedy decoding in which a row leaves the batch, and its KV cache, once it has ended.
 
@@ -207,7 +205,7 @@ def greedy_shrinking(
     return seqs, finished
 
 
-def _prefill(bb: Backbone, ctx: Context, vision_ids: list[int] | None) -> tuple[Context, Any, Any, str]:
+def _prefill(bb: ModelParts, ctx: Context, vision_ids: list[int] | None) -> tuple[Context, Any, Any, str]:
     """The prompt's forward, the prefix every row shares run once when ``vision_ids`` is given
     (models/prefix.py): ``(ctx as laid out, output, position ids, the cache argument's name)``."""
     model = bb.model
@@ -242,7 +240,7 @@ def _cache_of(out: Any) -> Any:
 
 
 @contextmanager
-def root_unsharded(bb: Backbone) -> Iterator[None]:
+def root_unsharded(bb: ModelParts) -> Iterator[None]:
     """A sharded (FSDP2) model's root parameters gathered for the block: ``generate`` calls parts of
     the model (the image features) outside its forward, where FSDP would not gather them."""
     if not bb.synced:

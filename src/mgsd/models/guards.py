@@ -5,14 +5,12 @@ they are checked against, read once from the tokenizer and template."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from mgsd.models.context import Context
-
-if TYPE_CHECKING:
-    from mgsd.models.backbone import Backbone
+from mgsd.models.parts import ModelParts
 
 
 def config_value(config: Any, *names: str) -> Any:
@@ -24,7 +22,7 @@ def config_value(config: Any, *names: str) -> Any:
     return None
 
 
-def check_image_tokens(bb: Backbone, ctx: Context) -> None:
+def check_image_tokens(bb: ModelParts, ctx: Context) -> None:
     """Raise ``ValueError`` if image placeholder tokens and image features disagree."""
     if bb.image_token_id is None:
         return
@@ -55,7 +53,7 @@ def check_image_tokens(bb: Backbone, ctx: Context) -> None:
         raise ValueError(f"pixel_values has {pixels.shape[0]} patches, image_grid_thw implies {patches}")
 
 
-def check_context(bb: Backbone, ctx: Context) -> None:
+def check_context(bb: ModelParts, ctx: Context) -> None:
     """Raise ``ValueError`` if ``ctx`` cannot be continued by a response of this model."""
     if ctx.tokenizer_id != bb.tokenizer_id:
         raise ValueError("context was tokenised with a different vocabulary than this model's tokenizer")
@@ -73,7 +71,7 @@ def check_context(bb: Backbone, ctx: Context) -> None:
     check_image_tokens(bb, ctx)
 
 
-def check_responses(bb: Backbone, ctx: Context, responses: list[list[int]]) -> None:
+def check_responses(bb: ModelParts, ctx: Context, responses: list[list[int]]) -> None:
     """One non-empty response per context, without image placeholders, inside the vocabulary."""
     if len(responses) != len(ctx):
         raise ValueError(f"{len(ctx)} contexts but {len(responses)} responses")

@@ -5,22 +5,19 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from mgsd.files import atomic_directory, write_json
 from mgsd.models import lora as lora_lib
 from mgsd.models.loading import ADAPTER_DIR
+from mgsd.models.parts import ModelParts
 from mgsd.models.processor import VIDEO_CONFIG, video_processor_config
 from mgsd.models.storage import quiet_progress, resolve_dtype, set_config_dtype
 
-if TYPE_CHECKING:
-    from mgsd.models.backbone import Backbone
-
 
 def save_model_dir(
-    bb: Backbone,
+    bb: ModelParts,
     out_dir: str | os.PathLike[str],
     *,
     merge_lora: bool = True,

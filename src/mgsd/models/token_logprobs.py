@@ -6,17 +6,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import nullcontext
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from mgsd.models.context import Context, append_responses
 from mgsd.models.logprobs import OutputStates, TokenLogProbs, chunked_logprobs, gather_logprobs
+from mgsd.models.parts import ModelParts
 from mgsd.models.positions import position_ids
-
-if TYPE_CHECKING:
-    from mgsd.models.backbone import Backbone
 
 # Config keys of HF models that change the logits after ``lm_head`` (Gemma's soft-cap, Cohere's and
 # Granite's scales, muP-style multipliers): the chunked path, head(hidden), would miss them.
@@ -31,7 +29,7 @@ LOGIT_TRANSFORMS = (
 
 
 def model_inputs(
-    bb: Backbone, ctx: Context, responses: list[list[int]]
+    bb: ModelParts, ctx: Context, responses: list[list[int]]
 ) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor, int]:
     """The forward's keyword arguments over ``[pad… prompt | response pad…]``, the response targets
     and mask, and the padded response length ``R``; the prompt/response seam is checked."""
@@ -51,7 +49,7 @@ def model_inputs(
 
 
 def token_logprobs(
-    bb: Backbone,
+    bb: ModelParts,
     ctx: Context,
     response_ids: Sequence[Sequence[int]],
     *,
@@ -71,11 +69,13 @@ def token_logprobs(
     # Without grad (teacher, old log-probs) the model runs in eval mode, like the sampler.
     mode = nullcontext() if grad else bb.eval_mode()
     full = hidden = None
+    # The training forward goes through a data-parallel wrapper when there is one (DDP's hooks).
+    wrapper = bb.train_forward if grad else None
     if logit_chunk:
         inner, head = bb.output_head()
         with mode, torch.set_grad_enabled(grad), bb.autocast():
-            if grad and bb.train_forward is not None:  # through the wrapper, for DDP's hooks
-                states = _hidden_through(bb, inner, kwargs)[:, -(R + 1) : -1]
+            if wrapper is not None:
+                states = _hidden_through(bb, wrapper, inner, kwargs)[:, -(R + 1) : -1]
             else:
                 states = inner(**kwargs).last_hidden_state[:, -(R + 1) : -1]
             weight = head.weight if grad else head.weight.detach()
@@ -87,8 +87,7 @@ def token_logprobs(
     else:
         if "logits_to_keep" in bb._forward_params:
             kwargs["logits_to_keep"] = R + 1  # only the positions that predict response tokens
-        # The training forward goes through a data-parallel wrapper when there is one (DDP's hooks).
-        model = bb.train_forward if grad and bb.train_forward is not None else bb.model
+        model = wrapper if wrapper is not None else bb.model
         with mode, torch.set_grad_enabled(grad), bb.autocast():
             logits = model(**kwargs).logits
         logits = logits[:, -(R + 1) : -1]  # position L-1+t predicts response token t
@@ -105,16 +104,17 @@ def token_logprobs(
     )
 
 
-def _hidden_through(bb: Backbone, inner: nn.Module, kwargs: dict[str, Any]) -> torch.Tensor:
-    """The final hidden states of ``inner`` from a forward of the whole model through
-    ``bb.train_forward`` (one logit row kept: the head is applied in chunks by the caller)."""
+def _hidden_through(
+    bb: ModelParts, wrapper: nn.Module, inner: nn.Module, kwargs: dict[str, Any]
+) -> torch.Tensor:
+    """The final hidden states of ``inner`` from a forward of the whole model through ``wrapper``
+    (one logit row kept: the head is applied in chunks by the caller)."""
     if "logits_to_keep" not in bb._forward_params:
         raise ValueError("logit_chunk under a data-parallel engine needs a model taking logits_to_keep")
     seen: dict[str, torch.Tensor] = {}
     hook = inner.register_forward_hook(lambda _m, _a, out: seen.__setitem__("h", out.last_hidden_state))
     try:
-        assert bb.train_forward is not None
-        bb.train_forward(**kwargs, logits_to_keep=1)
+        wrapper(**kwargs, logits_to_keep=1)
     finally:
         hook.remove()
     return seen["h"]
