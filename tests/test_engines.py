@@ -105,8 +105,21 @@ def _same(a, b, atol):
         ("opsd", ["lora.r=4", "opsd.teacher=base"], ("ddp", "fsdp2")),
         # A full fine-tune's separate frozen teacher, sharded like the student (an FSDP2 matter).
         ("opsd", ["lora.r=0", "opsd.teacher=init"], ("fsdp2",)),
+        # The chunked head (logit_chunk): read after the forward and in backward, outside FSDP2's
+        # sharded forward; the full reverse KL reads the teacher's head after other micro-batches'
+        # backwards, and a full fine-tune trains the (tied) head through it.
+        ("plan", ["lora.r=0", "logit_chunk=4"], ("fsdp2",)),
+        ("opsd", ["lora.r=4", "opsd.teacher=base", "opsd.loss=full", "logit_chunk=4"], ("ddp", "fsdp2")),
+        ("opsd", ["lora.r=0", "opsd.teacher=init", "opsd.loss=full", "logit_chunk=4"], ("fsdp2",)),
     ],
-    ids=["sft-full", "opsd-lora-adapter-off-teacher", "opsd-full-init-teacher"],
+    ids=[
+        "sft-full",
+        "opsd-lora-adapter-off-teacher",
+        "opsd-full-init-teacher",
+        "sft-full-chunked-head",
+        "opsd-lora-full-kl-chunked",
+        "opsd-full-init-teacher-full-kl-chunked",
+    ],
 )
 def test_ddp_and_fsdp2_equal_one_process(setup, tmp_path, objective, extra, engines):
     root, model = setup

@@ -15,24 +15,39 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 
 @dataclass
 class OutputStates:
     """Final hidden states at the response positions and the linear output head that maps them to
-    logits: ``logits = states @ weight.T + bias``. ``states``: ``(B, R, H)``; ``weight``: ``(V, H)``
-    (the live parameter for a student, so the head trains with full fine-tuning; detached for a
-    teacher)."""
+    logits: ``logits = states @ weight.T + bias``. ``states``: ``(B, R, H)``; the head is given as
+    ``weight`` ``(V, H)`` and ``bias``, or as the ``head`` module itself, read each time logits are
+    computed: under FSDP2 the head's parameters exist whole only while its model is gathered, so
+    they cannot be kept from the forward. ``frozen`` (a teacher) detaches them; a student's live
+    parameters get gradients (the head trains with full fine-tuning)."""
 
     states: torch.Tensor
-    weight: torch.Tensor
+    weight: torch.Tensor | None = None
     bias: torch.Tensor | None = None
+    head: nn.Linear | None = None
+    frozen: bool = False
+
+    def parameters(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The head's ``(weight, bias)`` as they are now (detached for a frozen teacher)."""
+        w, b = (self.head.weight, self.head.bias) if self.head is not None else (self.weight, self.bias)
+        if w is None:
+            raise ValueError("OutputStates needs a weight or a head")
+        if self.frozen:
+            return w.detach(), None if b is None else b.detach()
+        return w, b
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits of some rows of ``states`` (``(..., H)`` -> ``(..., V)``), in the head's dtype
         (or autocast's, as the model's own ``lm_head`` would compute them)."""
-        return F.linear(hidden.to(self.weight.dtype), self.weight, self.bias)
+        weight, bias = self.parameters()
+        return F.linear(hidden.to(weight.dtype), weight, bias)
 
 
 @dataclass

@@ -73,14 +73,15 @@ def token_logprobs(
     wrapper = bb.train_forward if grad else None
     if logit_chunk:
         inner, head = bb.output_head()
+        # Under FSDP2 (``synced``) only the whole model's forward gathers the parameters outside
+        # its blocks (embeddings, the head): run it, and keep the inner model's hidden states.
+        through = wrapper if wrapper is not None else (bb.model if bb.synced else None)
         with mode, torch.set_grad_enabled(grad), bb.autocast():
-            if wrapper is not None:
-                states = _hidden_through(bb, wrapper, inner, kwargs)[:, -(R + 1) : -1]
+            if through is not None:
+                states = _hidden_through(bb, through, inner, kwargs)[:, -(R + 1) : -1]
             else:
                 states = inner(**kwargs).last_hidden_state[:, -(R + 1) : -1]
-            weight = head.weight if grad else head.weight.detach()
-            bias = head.bias if head.bias is None or grad else head.bias.detach()
-            out = OutputStates(states, weight, bias)
+            out = OutputStates(states, head=head, frozen=not grad)
             # Under autocast, so the head's matmul runs in the compute dtype as lm_head would.
             logprobs = chunked_logprobs(out, targets, resp_mask, logit_chunk)
         hidden = out if full_vocab else None
@@ -105,16 +106,16 @@ def token_logprobs(
 
 
 def _hidden_through(
-    bb: ModelParts, wrapper: nn.Module, inner: nn.Module, kwargs: dict[str, Any]
+    bb: ModelParts, whole: nn.Module, inner: nn.Module, kwargs: dict[str, Any]
 ) -> torch.Tensor:
-    """The final hidden states of ``inner`` from a forward of the whole model through ``wrapper``
-    (one logit row kept: the head is applied in chunks by the caller)."""
+    """The final hidden states of ``inner`` from a forward of the whole model ``whole`` (a DDP
+    wrapper, or an FSDP2 root), one logit row kept: the head is applied in chunks by the caller."""
     if "logits_to_keep" not in bb._forward_params:
         raise ValueError("logit_chunk under a data-parallel engine needs a model taking logits_to_keep")
     seen: dict[str, torch.Tensor] = {}
     hook = inner.register_forward_hook(lambda _m, _a, out: seen.__setitem__("h", out.last_hidden_state))
     try:
-        wrapper(**kwargs, logits_to_keep=1)
+        whole(**kwargs, logits_to_keep=1)
     finally:
         hook.remove()
     return seen["h"]

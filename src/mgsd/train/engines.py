@@ -60,7 +60,6 @@ def check_config(name: str, cfg: TrainConfig) -> None:
     if name != "fsdp2":
         return
     why = {
-        "logit_chunk": cfg.logit_chunk > 0,  # reads lm_head outside the sharded forward
         "replay_symbolic": cfg.replay_symbolic > 0,  # ranks could get different micro-batch kinds
         "objective=pretrain": cfg.objective == "pretrain",
         "dense_weight": cfg.dense_weight > 0,
@@ -97,6 +96,10 @@ class Engine:
         self.name = engine_name(self.acc)
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         check_config(self.name, cfg)
+        # The chunked head (logit_chunk) reads lm_head after the forward and in backward: the root's
+        # parameters (embeddings, head) then stay gathered from forward to backward, FSDP2's own
+        # default for a root.
+        self.reshard_root = cfg.logit_chunk == 0
         self.ddp: nn.Module | None = None
 
     @property
@@ -123,7 +126,7 @@ class Engine:
         for module in list(bb.model.modules()):
             if type(module).__name__ in blocks:
                 fully_shard(module, reshard_after_forward=reshard)
-        fully_shard(bb.model, reshard_after_forward=reshard)
+        fully_shard(bb.model, reshard_after_forward=reshard and self.reshard_root)
         # Make bb.model the root now: generation calls parts of it (HF's image features) before
         # any forward of the whole model, and the first FSDP module to run would otherwise be root.
         bb.model._get_fsdp_state()._lazy_init()
