@@ -51,7 +51,7 @@ def worker(a: argparse.Namespace) -> None:
         "micro_batch_size": 1,
         "progress": False,
         "save_every": 0,
-        "lora": {"r": 0},
+        "lora": {"r": 0, "train_vision": a.train_vision},
         "optim": {"lr": 1e-4, "schedule": "constant"},
     }
     cfg = load_config(TrainConfig, None, [f"{k}={json.dumps(v)}" for k, v in settings.items()])
@@ -80,6 +80,7 @@ def spawn(a: argparse.Namespace, procs: int, model: Path, data: Path, tmp: Path)
         str(tmp / f"run-{procs}"),
     ]
     args += ["--report", str(report), "--steps", str(a.steps)]
+    args += ["--train-vision"] if a.train_vision else []
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if procs == 1:
         cmd = [sys.executable, *args]
@@ -95,7 +96,8 @@ def spawn(a: argparse.Namespace, procs: int, model: Path, data: Path, tmp: Path)
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="small", choices=["small", "tiny"])
+    parser.add_argument("--preset", default="small", choices=["small", "tiny", "paper-4b"])
+    parser.add_argument("--train-vision", action="store_true", help="the vision tower trains in full too")
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     for hidden in ("--model", "--data", "--out", "--report"):
@@ -113,7 +115,8 @@ def main() -> int:
         tmp = Path(name)
         model = init_tiny(tmp / "model", preset=a.preset)
         generate_dataset(get_task("maze"), [3], 4, split="train", seed=0, out=tmp / "data", progress=False)
-        print(f"preset {a.preset}, full fine-tune, {a.steps} steps, fp32, CPU")
+        part = "LM and vision tower" if a.train_vision else "LM (vision frozen)"
+        print(f"preset {a.preset}, full fine-tune of the {part}, {a.steps} steps, fp32, CPU")
         print(
             f"{'run':<18} {'wall s':>7} {'start MB':>9} {'peak MB':>8} {'peak - start':>13} {'state MB':>9}"
         )
