@@ -47,6 +47,8 @@ def test_smoke_pipeline_end_to_end_and_resume(tmp_path, shared_data, capsys):
     assert (out / "eval" / "mgsd" / "gap.json").is_file()
     h = summary["headline"]
     assert {"mgsd_minus_coldstart_success", "gap_closed_fraction", "mgsd_beats_coldstart"} <= set(h)
+    assert set(h["baselines_minus_mgsd_success"]) >= {"plan_sft"}  # paired against MGSD, same samples
+    assert h["baselines_minus_mgsd_success"]["plan_sft"]["n"] == 36
     assert set(summary["timings"]) >= {
         "data",
         "stage 1: cold-start perception SFT",

@@ -188,6 +188,7 @@ def test_experiment_summary_states_the_headline_rows_and_budget() -> None:
             "base_symbolic_success": 0.5,
             "mgsd_visual_success": 0.2,
             "gap_closed_fraction": 0.25,
+            "baselines_minus_mgsd_success": {"plan_sft": {"diff": 0.07, "ci": [0.04, 0.1], "n": 900}},
         },
         "timings": {
             "data": {"seconds": 12.3, "peak_rss_mb_so_far": 800},
@@ -197,6 +198,7 @@ def test_experiment_summary_states_the_headline_rows_and_budget() -> None:
     html = summary_section(summary)
     assert "+5.0 points" in html and "[+1.0, +9.0]" in html and "interval excludes zero" in html
     assert "closes 25% of the base" in html
+    assert "Baselines minus MGSD" in html and "plan_sft +7.0 [+4.0, +10.0]" in html
     assert "maze success" in html and "[10.0, 30.0]" in html and "50.0" in html
     assert "facts in plan answer per question" in html and "62.5" in html
     assert "Wall time and memory" in html and "112" in html and "1900" in html  # total seconds, peak

@@ -66,16 +66,22 @@ def model_rows(layout: RunLayout, name: str, ext: list[str]) -> list[dict[str, A
     return rows
 
 
-def headline(layout: RunLayout, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """MGSD against the cold start (a paired bootstrap over the same test samples) and the share of
-    the base's visual-to-symbolic gap MGSD closes."""
+def headline(layout: RunLayout, rows: list[dict[str, Any]], baselines: list[str] = ()) -> dict[str, Any]:
+    """MGSD against the cold start (a paired bootstrap over the same test samples), the share of
+    the base's visual-to-symbolic gap MGSD closes, and each baseline minus MGSD (paired alike)."""
     from mgsd.scoring.aggregate import paired_bootstrap_diff
 
     find = {(r["model"], r["modality"], r["dataset"]): r for r in rows}
     base_img = find[("base", "image", "test")]["macro"]["success"]
     base_txt = find.get(("base", "text", "test"), {}).get("macro", {}).get("success")
     mgsd_img = find[("mgsd", "image", "test")]["macro"]["success"]
-    diff = paired_bootstrap_diff(read_jsonl(layout.samples("coldstart")), read_jsonl(layout.samples("mgsd")))
+    mgsd = read_jsonl(layout.samples("mgsd"))
+    diff = paired_bootstrap_diff(read_jsonl(layout.samples("coldstart")), mgsd)
+    versus = {
+        name: paired_bootstrap_diff(mgsd, read_jsonl(layout.samples(name)))
+        for name in baselines
+        if layout.samples(name).is_file()
+    }
     closed = None
     if base_txt is not None and base_txt > base_img:
         closed = (mgsd_img - base_img) / (base_txt - base_img)
@@ -86,6 +92,7 @@ def headline(layout: RunLayout, rows: list[dict[str, Any]]) -> dict[str, Any]:
         "base_symbolic_success": base_txt,
         "mgsd_visual_success": mgsd_img,
         "gap_closed_fraction": closed,
+        "baselines_minus_mgsd_success": versus,
     }
 
 
@@ -96,7 +103,7 @@ def summarize(
     teacher_file = layout.teacher("base")
     summary = {
         "rows": rows,
-        "headline": headline(layout, rows),
+        "headline": headline(layout, rows, [m for m in models if m not in ("base", "coldstart", "mgsd")]),
         "teacher_competence": _read(teacher_file) if teacher_file.exists() else None,
         "timings": timings,
         "config": to_dict(cfg),

@@ -126,6 +126,13 @@ def _headline(h: Any) -> str:
             else "The base has no visual-to-symbolic gap to close on this run."
         )
         text += " " + gap
+    versus = h.get("baselines_minus_mgsd_success") or {}
+    if versus:
+        parts = [
+            f"{name} {100 * v['diff']:+.1f} [{100 * v['ci'][0]:+.1f}, {100 * v['ci'][1]:+.1f}]"
+            for name, v in versus.items()
+        ]
+        text += " Baselines minus MGSD from the image (paired, 95% CI): " + "; ".join(parts) + "."
     return f'<p class="headline">{esc(text)}</p>'
 
 
