@@ -96,13 +96,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         external[name] = path
     summary = run_pipeline(cfg, args.out, external, redo=args.redo)
     h = summary["headline"]
-    head = f"{'model':<20}{'modality':<10}{'dataset':<26}{'n':>6}"
+    head = f"{'model':<20}{'modality':<14}{'dataset':<26}{'n':>6}"
     print(f"\n{head}{'success':>9}{'optimal':>9}{'progress':>9}  95% CI")
     for r in summary["rows"]:
         m = r["macro"]
         lo, hi = m["ci"]["success"]
         print(
-            f"{r['model']:<20}{r['modality']:<10}{r['dataset']:<26}{r['n']:>6}{100 * m['success']:>9.1f}"
+            f"{r['model']:<20}{r['modality']:<14}{r['dataset']:<26}{r['n']:>6}{100 * m['success']:>9.1f}"
             f"{100 * m['optimal']:>9.1f}{100 * m['progress']:>9.1f}  [{100 * lo:.1f}, {100 * hi:.1f}]"
         )
     d = h["mgsd_minus_coldstart_success"]
@@ -112,6 +112,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
     if h["gap_closed_fraction"] is not None:
         print(f"fraction of the base's visual-to-symbolic gap closed by MGSD: {h['gap_closed_fraction']:.2f}")
+    for name, v in h.get("baselines_minus_mgsd_success", {}).items():
+        lo, hi = v["ci"]
+        print(
+            f"{name} - MGSD (macro success): {100 * v['diff']:+.1f} points, "
+            f"paired 95% CI [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+        )
     print(f"wrote {Path(args.out) / 'summary.json'} and {Path(args.out) / 'report.html'}")
     return 0
 
