@@ -13,7 +13,17 @@ and the process group, FSDP's gather buffers and loading the whole model before 
 more than the ~110 MB of state halving saves. Measured (2026-12-03, beside two busy training runs):
 1 process peak 754 MB (+374 over start), FSDP2 ranks 815 / 849 MB (+434 / +468); state 217 vs 109 MB
 (the vision tower is frozen, as ``lora.train_vision`` is off).
-The saving grows with the model: at 4B parameters the state is ~64 GB against GBs of activations.
+Re-measured 2026-12-04 (2-core AVX-512 machine, nothing else running): small 748 MB vs 821 / 848 MB
+(1.13x); with ``--train-vision`` 870 vs 908 / 910 MB (1.05x; state 317 vs 159 MB). A memory timeline
+of one rank shows where it goes: each FSDP2 backward holds about 90 MB more than one process
+(gathered blocks, their unsharded gradients and the reduce-scatter buffers), and set-up adds ~60 MB
+(the process group, the distributed modules, the whole model loaded before it is sharded).
+``--preset paper-4b`` (Qwen3-VL-4B widths, 3 + 4 layers; LM full fine-tune, state 10.6 GB): one
+process peaks at 14.8 GB; the two FSDP2 ranks do not fit beside each other in 24 GB (rank 0 was
+killed by the OOM killer at 12.0 GB resident): every rank loads the whole model before sharding it,
+the root (the tied 151,936 x 2560 embedding / head: 1.6 GB, and its gradient) is gathered whole,
+and rank 0 gathers the full state dict to save it. Loading on rank 0 only (meta-device elsewhere,
+then scattering shards) is the missing piece; not built yet.
 
     python benchmarks/bench_fsdp_memory.py [--preset small] [--steps 2]
 """
