@@ -63,6 +63,7 @@ from mgsd.data.io import read_rows
 from mgsd.models import Backbone, init_tiny
 from mgsd.models.context import Context
 from mgsd.tasks import get_task
+from mgsd.train.batches import encode_student
 from mgsd.train.config import TrainConfig
 from mgsd.train.examples import Example, build_examples
 from mgsd.train.trainer import Trainer
@@ -111,10 +112,12 @@ class BenchTrainer(Trainer):
 
     def _opsd_step(self, exs: list[Example]) -> dict[str, float]:
         if self.same_prompt:
-            # _opsd_step builds the teacher context once per step with encode_teacher: hand it the
+            # The rollout builds the teacher context once per step with encode_teacher: hand it the
             # student's own context (text + image) instead, as TRL's teacher sees.
+            rows = [e for e in exs for _ in range(self.cfg.opsd.rollouts_per_prompt)]
+
             def student_context(systems: Any, texts: Any) -> Context:
-                return self._encode_student(exs)
+                return encode_student(self.bb, rows)
 
             self.bb.encode_teacher = student_context  # type: ignore[method-assign]
         return super()._opsd_step(exs)
