@@ -111,6 +111,8 @@ def _same(a, b, atol):
         ("plan", ["lora.r=0", "logit_chunk=4"], ("fsdp2",)),
         ("opsd", ["lora.r=4", "opsd.teacher=base", "opsd.loss=full", "logit_chunk=4"], ("ddp", "fsdp2")),
         ("opsd", ["lora.r=0", "opsd.teacher=init", "opsd.loss=full", "logit_chunk=4"], ("fsdp2",)),
+        # Activations recomputed in backward inside FSDP2's sharded blocks.
+        ("opsd", ["lora.r=4", "opsd.teacher=base", "gradient_checkpointing=true"], ("fsdp2",)),
     ],
     ids=[
         "sft-full",
@@ -119,6 +121,7 @@ def _same(a, b, atol):
         "sft-full-chunked-head",
         "opsd-lora-full-kl-chunked",
         "opsd-full-init-teacher-full-kl-chunked",
+        "opsd-lora-gradient-checkpointing",
     ],
 )
 def test_ddp_and_fsdp2_equal_one_process(setup, tmp_path, objective, extra, engines):
