@@ -105,19 +105,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
             f"{r['model']:<20}{r['modality']:<14}{r['dataset']:<26}{r['n']:>6}{100 * m['success']:>9.1f}"
             f"{100 * m['optimal']:>9.1f}{100 * m['progress']:>9.1f}  [{100 * lo:.1f}, {100 * hi:.1f}]"
         )
-    d = h["mgsd_minus_coldstart_success"]
-    print(
-        f"\nMGSD - cold start (macro success): {100 * d['diff']:+.1f} points, paired 95% CI "
-        f"[{100 * d['ci'][0]:+.1f}, {100 * d['ci'][1]:+.1f}]"
-    )
+    paired = {"MGSD - cold start": h["mgsd_minus_coldstart_success"]}
+    paired |= {f"{name} - MGSD": v for name, v in h.get("baselines_minus_mgsd_success", {}).items()}
+    print()
+    for label, d in paired.items():
+        lo, hi = d["ci"]
+        ci = f"[{100 * lo:+.1f}, {100 * hi:+.1f}]"
+        print(f"{label} (macro success): {100 * d['diff']:+.1f} points, paired 95% CI {ci}")
     if h["gap_closed_fraction"] is not None:
         print(f"fraction of the base's visual-to-symbolic gap closed by MGSD: {h['gap_closed_fraction']:.2f}")
-    for name, v in h.get("baselines_minus_mgsd_success", {}).items():
-        lo, hi = v["ci"]
-        print(
-            f"{name} - MGSD (macro success): {100 * v['diff']:+.1f} points, "
-            f"paired 95% CI [{100 * lo:+.1f}, {100 * hi:+.1f}]"
-        )
     print(f"wrote {Path(args.out) / 'summary.json'} and {Path(args.out) / 'report.html'}")
     return 0
 

@@ -4,6 +4,7 @@ headline comparison (MGSD against the cold start, paired) and the share of the m
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from mgsd.config import to_dict
@@ -66,7 +67,7 @@ def model_rows(layout: RunLayout, name: str, ext: list[str]) -> list[dict[str, A
     return rows
 
 
-def headline(layout: RunLayout, rows: list[dict[str, Any]], baselines: list[str] = ()) -> dict[str, Any]:
+def headline(layout: RunLayout, rows: list[dict[str, Any]], baselines: Sequence[str] = ()) -> dict[str, Any]:
     """MGSD against the cold start (a paired bootstrap over the same test samples), the share of
     the base's visual-to-symbolic gap MGSD closes, and each baseline minus MGSD (paired alike)."""
     from mgsd.scoring.aggregate import paired_bootstrap_diff
@@ -103,7 +104,7 @@ def summarize(
     teacher_file = layout.teacher("base")
     summary = {
         "rows": rows,
-        "headline": headline(layout, rows, [m for m in models if m not in ("base", "coldstart", "mgsd")]),
+        "headline": headline(layout, rows, cfg.baselines),
         "teacher_competence": _read(teacher_file) if teacher_file.exists() else None,
         "timings": timings,
         "config": to_dict(cfg),
