@@ -3,7 +3,7 @@
 Same tiny model, same held-out samples (image modality), same ``max_new_tokens``, greedy:
 
 1. ``evaluate_model`` with ``LocalBackend(batch_size=B)``  (batched, one task per batch; greedy rows
-   leave the batch when they end, ``generation.greedy_shrinking``, and the instruction the rows share
+   leave the batch when they end, ``generation.decode_shrinking``, and the instruction the rows share
    is prefilled once, models/prefix.py); and the same with ``share_prefix=False``;
 2. the same through ``model.generate`` (``shrink=False``: finished rows stay until the batch ends);
 3. ``evaluate_model`` with ``LocalBackend(batch_size=1)``  (one generate call per sample);

@@ -285,6 +285,44 @@ def test_greedy_rows_leaving_the_batch_match_model_generate(tmp_path: Path) -> N
     assert len({len(s) for s in rows}) > 1, "rows should end at different steps"
 
 
+def test_sampled_rows_leaving_the_batch_draw_what_model_generate_draws(tmp_path: Path) -> None:
+    """Sampling in which finished rows leave the batch (the stage-2 rollouts) gives, for a seed,
+    ``model.generate``'s tokens and log-probs and leaves the random state where it leaves it: the
+    draws are taken over the whole batch, as there. Plain and warped (temperature, top-p)."""
+    from mgsd.backends.local import query_messages
+    from mgsd.data.generate import generate_dataset
+    from mgsd.eval.queries import load_samples, plan_query
+    from mgsd.pipeline.base_model import shipped_base
+    from mgsd.tasks import get_task
+
+    for name, level in (("frozenlake", 4), ("maze", 4), ("minibehaviour", 6)):
+        generate_dataset(
+            get_task(name), [level], 3, split="test", seed=9, out=tmp_path, progress=False, workers=1
+        )
+    bb = Backbone.load(shipped_base())
+    ctx = bb.encode([query_messages(plan_query(s, "image")) for s in load_samples([tmp_path])])
+    for temperature, top_p in ((1.0, 1.0), (0.7, 0.9)):
+        runs = []
+        for shrink in (False, True):
+            torch.manual_seed(3)
+            gen = bb.generate(
+                ctx,
+                max_new_tokens=128,
+                temperature=temperature,
+                top_p=top_p,
+                shrink=shrink,
+                return_logprobs=True,
+            )
+            runs.append((gen, torch.rand(4)))
+        (slow, after_slow), (fast, after_fast) = runs
+        assert fast.sequences == slow.sequences and fast.finished == slow.finished
+        assert len({len(s) for s in fast.sequences}) > 2, "rows should end at different steps"
+        assert torch.equal(after_fast, after_slow)
+        assert fast.logprobs is not None and slow.logprobs is not None
+        for a, b in zip(fast.logprobs, slow.logprobs, strict=True):
+            torch.testing.assert_close(torch.tensor(a), torch.tensor(b), atol=1e-4, rtol=0)
+
+
 def test_shared_prefix_layout_keeps_every_token_and_moves_the_padding() -> None:
     """``[prefix | pad… rest]``: the rest keeps its column, the prefix stops before a vision marker
     and leaves every row a token of its own; one row shares nothing."""

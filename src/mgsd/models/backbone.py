@@ -244,9 +244,10 @@ class Backbone:
         """Batched sampling (or greedy decoding) until end of turn or ``max_new_tokens``.
 
         ``stop_token_ids`` replaces the end-of-turn ids as stop tokens (the stop token is kept).
-        Greedy decoding without log-probs drops finished rows from the batch
-        (``generation.greedy_shrinking``) and prefills the prompt part all rows share once
-        (``share_prefix``, models/prefix.py); ``shrink=False`` uses ``model.generate`` throughout.
+        Finished rows leave the batch (``generation.decode_shrinking``; sampling makes the draws
+        ``model.generate`` makes, so the same tokens for a seed) and the prompt part all rows share is
+        prefilled once (``share_prefix``, models/prefix.py); ``shrink=False``, and a sharded (FSDP2)
+        model, use ``model.generate`` throughout.
         """
         return generate(
             self,

@@ -3,7 +3,7 @@ installs."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -100,11 +100,14 @@ def generate(
     if not greedy and temperature <= 0:
         raise ValueError("temperature must be > 0 for sampling (use greedy=True)")
     # Sharded (FSDP2) ranks must run the same forwards: HF's synced loop steps until all are done.
-    if greedy and shrink and not return_logprobs and not bb.synced:
+    if shrink and not bb.synced:
+        choose = greedy_choice if greedy else Sampler(temperature, top_p)
         with bb.eval_mode(), torch.no_grad(), bb.autocast():
-            seqs, finished = greedy_shrinking(bb, ctx, max_new_tokens, stops, share_prefix)
+            seqs, finished, lps = decode_shrinking(
+                bb, ctx, max_new_tokens, stops, choose, share_prefix=share_prefix, logprobs=return_logprobs
+            )
         texts = bb.tokenizer.batch_decode(seqs, skip_special_tokens=True)
-        return Generation(sequences=seqs, texts=texts, finished=finished)
+        return Generation(sequences=seqs, texts=texts, finished=finished, logprobs=lps)
     prompt_len = ctx.input_ids.shape[1]
     recorder = RecordLogprobs(prompt_len) if return_logprobs else None
     processors = LogitsProcessorList([p for p in (recorder, Suppress(bb._never_sample())) if p is not None])
@@ -152,32 +155,79 @@ def _generation_config(
     )
 
 
-def greedy_shrinking(
-    bb: ModelParts, ctx: Context, max_new_tokens: int, stops: Sequence[int], share_prefix: bool = True
-) -> tuple[list[list[int]], list[bool]]:
-    """Greedy decoding in which a row leaves the batch, and its KV cache, once it has ended.
+def greedy_choice(scores: torch.Tensor, rows: list[int], batch: int) -> torch.Tensor:
+    """Greedy decoding: argmax of the (suppressed) raw logits."""
+    return scores.argmax(-1)
+
+
+class Sampler:
+    """The draws ``model.generate`` makes with ``do_sample``: HF's own temperature and top-p warpers
+    (after the suppressed ids, as there), softmax, then ``torch.multinomial`` over a batch of ALL the
+    rows the call started with. Its one-sample path takes one exponential draw per (row, vocabulary)
+    entry whatever the probabilities, so padding the finished rows back in keeps every running row's
+    draw, and the random state after the call, what ``generate`` gives when it keeps them all."""
+
+    def __init__(self, temperature: float, top_p: float) -> None:
+        from transformers import TemperatureLogitsWarper, TopPLogitsWarper
+
+        warpers: list[LogitsProcessor] = []
+        if temperature != 1.0:
+            warpers.append(TemperatureLogitsWarper(temperature))
+        if top_p < 1.0:
+            warpers.append(TopPLogitsWarper(top_p=top_p))
+        self.warpers = LogitsProcessorList(warpers)
+
+    def __call__(self, scores: torch.Tensor, rows: list[int], batch: int) -> torch.Tensor:
+        probs = torch.softmax(self.warpers(None, scores), dim=-1)  # type: ignore[arg-type]
+        if len(rows) == batch:
+            return torch.multinomial(probs, num_samples=1).squeeze(1)
+        whole = probs.new_zeros((batch, probs.shape[1]))
+        whole[:, 0] = 1.0  # a finished row's draw is discarded
+        index = torch.as_tensor(rows, device=probs.device)
+        whole[index] = probs
+        return torch.multinomial(whole, num_samples=1).squeeze(1)[index]
+
+
+def decode_shrinking(
+    bb: ModelParts,
+    ctx: Context,
+    max_new_tokens: int,
+    stops: Sequence[int],
+    choose: Callable[[torch.Tensor, list[int], int], torch.Tensor],
+    *,
+    share_prefix: bool = True,
+    logprobs: bool = False,
+) -> tuple[list[list[int]], list[bool], list[list[float]] | None]:
+    """Decoding in which a row leaves the batch, and its KV cache, once it has ended.
 
     ``model.generate`` keeps a finished row in every later step until the longest row ends; on a
     CPU, where a step costs in proportion to the rows, a batch of answers of 5 to 128 tokens then
     spends about half its work on rows that are done. Same forward as ``generate`` (prefill with the
     prompt's own M-RoPE positions from ``position_ids``, then one token per step, each new position
     the row's last plus one, which is what ``generate`` derives from its cached rope deltas) and the
-    same suppressed ids; argmax of the raw logits. The prompt part every row shares is prefilled once
+    same suppressed ids; ``choose(scores, rows, batch)`` picks the next token of the running ``rows``
+    (``greedy_choice`` or a ``Sampler``). The prompt part every row shares is prefilled once
     (``share_prefix``, models/prefix.py). Returns each row's ids (cut after its stop token, which is
-    kept) and whether it stopped."""
+    kept), whether it stopped and, with ``logprobs``, each token's log-prob under the raw logits."""
     model, stop_set = bb.model, {int(t) for t in stops}
     never = bb._never_sample().to(ctx.device)
     ctx, out, pos, cache_arg = _prefill(bb, ctx, never.tolist() if share_prefix else None)
     cache, mask = _cache_of(out), ctx.attention_mask
     logits, last = out.logits[:, -1], pos[..., -1:]
-    rows = list(range(len(ctx)))
+    batch = len(ctx)
+    rows = list(range(batch))
     seqs: list[list[int]] = [[] for _ in rows]
-    finished = [False] * len(rows)
+    lps: list[list[float]] = [[] for _ in rows]
+    finished = [False] * batch
     for step in range(max_new_tokens):
         scores = logits.float()
+        raw = torch.log_softmax(scores, dim=-1) if logprobs else None
         if never.numel():
             scores[:, never] = -float("inf")
-        nxt = scores.argmax(-1)
+        nxt = choose(scores, rows, batch)
+        if raw is not None:
+            for row, lp in zip(rows, raw.gather(-1, nxt[:, None]).squeeze(-1).tolist(), strict=True):
+                lps[row].append(lp)
         keep = []
         for j, (row, tok) in enumerate(zip(rows, nxt.tolist(), strict=True)):
             seqs[row].append(tok)
@@ -202,7 +252,7 @@ def greedy_shrinking(
             **{cache_arg: cache},
         )
         logits = out.logits[:, -1]
-    return seqs, finished
+    return seqs, finished, lps if logprobs else None
 
 
 def _prefill(bb: ModelParts, ctx: Context, vision_ids: list[int] | None) -> tuple[Context, Any, Any, str]:
