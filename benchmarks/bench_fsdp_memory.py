@@ -97,7 +97,7 @@ def spawn(a: argparse.Namespace, procs: int, model: Path, data: Path, tmp: Path)
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(procs)]
         cmd += args
-        env |= _FSDP2_ENV
+        env |= _FSDP2_ENV | {"FSDP_CPU_RAM_EFFICIENT_LOADING": str(a.loading == "rank0").lower()}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode:
         raise RuntimeError(f"{procs} process(es) failed:\n{proc.stderr[-3000:]}")
@@ -109,6 +109,12 @@ def main() -> int:
     parser.add_argument("--preset", default="small", choices=["small", "tiny", "paper-4b"])
     parser.add_argument("--train-vision", action="store_true", help="the vision tower trains in full too")
     parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument(
+        "--loading",
+        default="rank0",
+        choices=["rank0", "every-rank"],
+        help="FSDP2: rank 0 alone reads the weights (configs/accelerate/fsdp2.yaml) or every rank does",
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     for hidden in ("--model", "--data", "--out", "--report"):
         parser.add_argument(hidden, help=argparse.SUPPRESS)
@@ -126,7 +132,10 @@ def main() -> int:
         model = init_tiny(tmp / "model", preset=a.preset)
         generate_dataset(get_task("maze"), [3], 4, split="train", seed=0, out=tmp / "data", progress=False)
         part = "LM and vision tower" if a.train_vision else "LM (vision frozen)"
-        print(f"preset {a.preset}, full fine-tune of the {part}, {a.steps} steps, fp32, CPU")
+        loading = "rank 0 reads the weights" if a.loading == "rank0" else "every rank reads the weights"
+        print(
+            f"preset {a.preset}, full fine-tune of the {part}, {a.steps} steps, fp32, CPU; FSDP2: {loading}"
+        )
         print(
             f"{'run':<18} {'wall s':>7} {'start MB':>9} {'peak MB':>8} {'peak - start':>13} {'state MB':>9}"
         )

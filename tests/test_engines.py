@@ -25,6 +25,8 @@ ENGINE_ENV = {
     "ddp": {},
     "fsdp2": {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_RESHARD_AFTER_FORWARD": "true"},
 }
+# fsdp_cpu_ram_efficient_loading: true (configs/accelerate/fsdp2.yaml): rank 0 alone reads the weights.
+ENGINE_ENV["fsdp2-rank0"] = {**ENGINE_ENV["fsdp2"], "FSDP_CPU_RAM_EFFICIENT_LOADING": "true"}
 # Equal up to float summation order: the ranks' gradient halves are added in another order than one
 # process adds its micro-batches (and a half batch pads its prompts differently), and Adam's
 # normalisation lifts that rounding on near-zero gradients to ~lr * 1e-2 (as in test_train.py).
@@ -59,7 +61,12 @@ def _args(root, model, objective, steps, extra=()):
 
 def _env(engine=None):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
-    for k in ("ACCELERATE_USE_FSDP", "FSDP_VERSION", "FSDP_RESHARD_AFTER_FORWARD"):
+    for k in (
+        "ACCELERATE_USE_FSDP",
+        "FSDP_VERSION",
+        "FSDP_RESHARD_AFTER_FORWARD",
+        "FSDP_CPU_RAM_EFFICIENT_LOADING",
+    ):
         env.pop(k, None)
     return env | ENGINE_ENV.get(engine or "", {})
 
@@ -101,10 +108,12 @@ def _same(a, b, atol):
 @pytest.mark.parametrize(
     ("objective", "extra", "engines"),
     [
-        ("plan", ["lora.r=0"], ("ddp", "fsdp2")),
-        ("opsd", ["lora.r=4", "opsd.teacher=base"], ("ddp", "fsdp2")),
+        # fsdp2-rank0: the other rank builds the model on the meta device and receives its shards
+        # (the tied head, a new adapter's init, the rotary buffers, a separate teacher) from rank 0.
+        ("plan", ["lora.r=0"], ("ddp", "fsdp2", "fsdp2-rank0")),
+        ("opsd", ["lora.r=4", "opsd.teacher=base"], ("ddp", "fsdp2", "fsdp2-rank0")),
         # A full fine-tune's separate frozen teacher, sharded like the student (an FSDP2 matter).
-        ("opsd", ["lora.r=0", "opsd.teacher=init"], ("fsdp2",)),
+        ("opsd", ["lora.r=0", "opsd.teacher=init"], ("fsdp2", "fsdp2-rank0")),
         # The chunked head (logit_chunk): read after the forward and in backward, outside FSDP2's
         # sharded forward; the full reverse KL reads the teacher's head after other micro-batches'
         # backwards, and a full fine-tune trains the (tied) head through it.

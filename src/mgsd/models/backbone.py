@@ -94,11 +94,13 @@ class Backbone:
         trust_remote_code: bool = False,
         device: str | torch.device | None = None,
         trainable_adapter: bool = True,
+        weights: bool = True,
     ) -> Backbone:
         """Load a model directory or hub id (any ``AutoModelForImageTextToText``) and its processor.
 
         A directory saved with an unmerged LoRA (``adapter/``) comes back with the adapter attached.
         ``dtype`` = parameter (master) dtype; ``compute_dtype`` = autocast dtype (default: ``dtype``).
+        ``weights=False``: the model on the meta device, no weights read (FSDP2 rank-0 loading).
         """
         model, processor, source = load_model(
             path_or_id,
@@ -106,6 +108,7 @@ class Backbone:
             trust_remote_code=trust_remote_code,
             device=device,
             trainable_adapter=trainable_adapter,
+            weights=weights,
         )
         bb = cls(model, processor, compute_dtype=compute_dtype)
         bb.source = str(source)

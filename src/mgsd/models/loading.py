@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForImageTextToText
+from transformers import AutoConfig, AutoModelForImageTextToText
 
 from mgsd.models import lora as lora_lib
 from mgsd.models.processor import load_processor
@@ -46,20 +46,30 @@ def load_model(
     trust_remote_code: bool,
     device: str | torch.device | None,
     trainable_adapter: bool,
+    weights: bool = True,
 ) -> tuple[Any, Any, str]:
     """``(model, processor, source)``: the model in eval mode on ``device`` (default: cuda when
-    available), with its adapter attached when the directory has one."""
+    available), with its adapter attached when the directory has one. ``weights=False`` builds the
+    model from its config on the meta device and reads no weights (FSDP2's rank-0 loading: the
+    other ranks receive their shards from rank 0, train/engines.py)."""
     source = resolve_model_path(path_or_id)
     check_weight_files(source)
     try:
         with quiet_progress():
-            # safetensors only: a pickle checkpoint can run code when loaded.
-            model = AutoModelForImageTextToText.from_pretrained(
-                source,
-                dtype=resolve_dtype(dtype),
-                trust_remote_code=trust_remote_code,
-                use_safetensors=True,
-            )
+            if weights:
+                # safetensors only: a pickle checkpoint can run code when loaded.
+                model = AutoModelForImageTextToText.from_pretrained(
+                    source,
+                    dtype=resolve_dtype(dtype),
+                    trust_remote_code=trust_remote_code,
+                    use_safetensors=True,
+                )
+            else:
+                config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+                with torch.device("meta"):
+                    model = AutoModelForImageTextToText.from_config(
+                        config, dtype=resolve_dtype(dtype), trust_remote_code=trust_remote_code
+                    )
         processor = load_processor(source, trust_remote_code=trust_remote_code)
     except (ValueError, OSError) as exc:
         raise ValueError(f"cannot load model {source}: {first_line(exc)}") from None
@@ -71,6 +81,7 @@ def load_model(
         model = lora_lib.load_adapter(model, str(adapter), trainable=trainable_adapter)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(device)
+    if weights:
+        model.to(device)
     model.eval()
     return model, processor, source

@@ -15,7 +15,9 @@ version 2 gives ``fsdp2``, any other multi-process launch ``ddp``.
   reduce-scattered as sums (divide factor 1) after every micro-batch, which keeps the unsharded
   gradients out of memory. Every rank must run the same forwards: generation keeps stepping until all
   ranks are done (``Backbone.synced``), and objectives that may give ranks different micro-batch
-  kinds are refused.
+  kinds are refused. With accelerate's ``fsdp_cpu_ram_efficient_loading`` (``rank0_loading``) only
+  rank 0 reads the weights; the other ranks build the model on the meta device and receive their
+  shards from rank 0 after sharding, so N ranks do not hold N whole copies while they start.
 """
 
 from __future__ import annotations
@@ -100,11 +102,17 @@ class Engine:
         # parameters (embeddings, head) then stay gathered from forward to backward, FSDP2's own
         # default for a root.
         self.reshard_root = cfg.logit_chunk == 0
+        self.rank0_loading = self.name == "fsdp2" and _flag("FSDP_CPU_RAM_EFFICIENT_LOADING")
         self.ddp: nn.Module | None = None
 
     @property
     def sharded(self) -> bool:
         return self.name == "fsdp2"
+
+    @property
+    def reads_weights(self) -> bool:
+        """Whether this rank loads the weights (False: meta device, filled by ``shard``)."""
+        return not (self.rank0_loading and self.rank != 0)
 
     def wrap(self, bb: Backbone) -> None:
         """Wrap the student in place; call before collecting its parameters (FSDP2 replaces them)."""
@@ -116,17 +124,23 @@ class Engine:
             self.shard(bb)
 
     def shard(self, bb: Backbone) -> None:
-        """``fully_shard`` each block, then the root; frozen and trainable parameters alike."""
+        """``fully_shard`` each block, then the root; frozen and trainable parameters alike. Under
+        rank-0 loading the ranks' shards are then filled from rank 0's whole weights."""
         from torch.distributed.fsdp import fully_shard
 
         reshard = os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").lower() not in ("false", "0")
         blocks = set(getattr(bb.model, "_no_split_modules", None) or [])
         if not blocks:
             raise ValueError(f"fsdp2: {type(bb.model).__name__} names no blocks (_no_split_modules)")
+        # Rank 0's whole weights, held (by reference) until they are scattered below.
+        whole = bb.model.state_dict() if self.rank0_loading and self.rank == 0 else {}
         for module in list(bb.model.modules()):
             if type(module).__name__ in blocks:
                 fully_shard(module, reshard_after_forward=reshard)
         fully_shard(bb.model, reshard_after_forward=reshard and self.reshard_root)
+        if self.rank0_loading:
+            self._scatter_from_rank0(bb.model, whole)
+            del whole
         # Make bb.model the root now: generation calls parts of it (HF's image features) before
         # any forward of the whole model, and the first FSDP module to run would otherwise be root.
         bb.model._get_fsdp_state()._lazy_init()
@@ -137,6 +151,27 @@ class Engine:
                 module.set_gradient_divide_factor(1.0)
                 module.set_force_sum_reduction_for_comms(True)
         bb.synced = True
+
+    def _scatter_from_rank0(self, model: nn.Module, whole: dict[str, torch.Tensor]) -> None:
+        """Every rank's shards from rank 0's state dict; the buffers no state dict carries (rotary
+        frequencies) and rank 0's random state (it alone drew, e.g., a new adapter's init) follow, so
+        every rank continues as an ordinary load would have left it."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        if self.rank != 0:
+            # Storage for the shards (FSDP2's own meta-device path); copying into it, not assigning
+            # new tensors, keeps tied weights (embeddings and head) one parameter.
+            model.to_empty(device=self.acc.device)
+        opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+        set_model_state_dict(model, whole, options=opts)
+        for buf in model.buffers():
+            dist.broadcast(buf, src=0)
+        rng = torch.get_rng_state()
+        dist.broadcast(rng, src=0)
+        torch.set_rng_state(rng)
+        left = [n for n, p in model.named_parameters() if p.is_meta or local(p).is_meta]
+        if left:
+            raise RuntimeError(f"fsdp2 rank-0 loading left {left[0]} without weights")
 
     def sum_all(self, value: float) -> float:
         """``value`` summed over the processes."""

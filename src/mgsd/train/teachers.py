@@ -98,8 +98,11 @@ class EMATeacher(ModelTeacher):
                     teacher_params[name[n:]].copy_(value)
 
 
-def make_teacher(cfg: TrainConfig, student: Backbone, device: torch.device | str) -> Teacher:
-    """The teacher ``cfg.opsd.teacher`` names, checked against the student it will score."""
+def make_teacher(
+    cfg: TrainConfig, student: Backbone, device: torch.device | str, *, weights: bool = True
+) -> Teacher:
+    """The teacher ``cfg.opsd.teacher`` names, checked against the student it will score;
+    ``weights=False``: a separate teacher built on the meta device (FSDP2 rank-0 loading)."""
     kind, chunk = cfg.opsd.teacher, cfg.logit_chunk
     if kind == "live":
         return ModelTeacher(student, chunk)
@@ -123,6 +126,7 @@ def make_teacher(cfg: TrainConfig, student: Backbone, device: torch.device | str
         compute_dtype=cfg.compute_dtype,
         trust_remote_code=cfg.trust_remote_code,
         device=device,
+        weights=weights,
     ).freeze()
     if model.tokenizer_id != student.tokenizer_id:
         raise ValueError("the teacher's tokenizer differs from the student's: it cannot score its tokens")

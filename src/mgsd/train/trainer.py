@@ -90,7 +90,9 @@ class Trainer:
         if not self.params:
             raise ValueError("nothing to train: every parameter is frozen")
         self.teacher: Teacher | None = (
-            make_teacher(cfg, self.bb, self.acc.device) if cfg.objective == "opsd" else None
+            make_teacher(cfg, self.bb, self.acc.device, weights=self.engine.reads_weights)
+            if cfg.objective == "opsd"
+            else None
         )
         self.engine.wrap_teacher(self.teacher, self.bb)
         self.dense = make_dense(cfg, self.bb, self.acc.device)
@@ -131,6 +133,7 @@ class Trainer:
             compute_dtype=cfg.compute_dtype,
             trust_remote_code=cfg.trust_remote_code,
             device=self.acc.device,
+            weights=self.engine.reads_weights,
         )
         if bb.has_lora:
             pass  # the model directory carries an adapter (e.g. stage 1 saved unmerged): keep training it
