@@ -62,6 +62,7 @@ def worker(a: argparse.Namespace) -> None:
         "progress": False,
         "save_every": 0,
         "lora": {"r": 0, "train_vision": a.train_vision},
+        "logit_chunk": a.logit_chunk,
         "optim": {"lr": 1e-4, "schedule": "constant"},
     }
     cfg = load_config(TrainConfig, None, [f"{k}={json.dumps(v)}" for k, v in settings.items()])
@@ -91,6 +92,7 @@ def spawn(a: argparse.Namespace, procs: int, model: Path, data: Path, tmp: Path)
     ]
     args += ["--report", str(report), "--steps", str(a.steps)]
     args += ["--train-vision"] if a.train_vision else []
+    args += ["--logit-chunk", str(a.logit_chunk)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if procs == 1:
         cmd = [sys.executable, *args]
@@ -115,6 +117,12 @@ def main() -> int:
         choices=["rank0", "every-rank"],
         help="FSDP2: rank 0 alone reads the weights (configs/accelerate/fsdp2.yaml) or every rank does",
     )
+    parser.add_argument(
+        "--logit-chunk", type=int, default=0, help="the trainer's logit_chunk (paper config: 256)"
+    )
+    parser.add_argument(
+        "--skip-one", action="store_true", help="only the FSDP2 run (the 1-process peak known)"
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     for hidden in ("--model", "--data", "--out", "--report"):
         parser.add_argument(hidden, help=argparse.SUPPRESS)
@@ -134,13 +142,14 @@ def main() -> int:
         part = "LM and vision tower" if a.train_vision else "LM (vision frozen)"
         loading = "rank 0 reads the weights" if a.loading == "rank0" else "every rank reads the weights"
         print(
-            f"preset {a.preset}, full fine-tune of the {part}, {a.steps} steps, fp32, CPU; FSDP2: {loading}"
+            f"preset {a.preset}, full fine-tune of the {part}, {a.steps} steps, fp32, CPU,"
+            f" logit_chunk {a.logit_chunk}; FSDP2: {loading}"
         )
         print(
             f"{'run':<18} {'wall s':>7} {'start MB':>9} {'peak MB':>8} {'peak - start':>13} {'state MB':>9}"
         )
         peaks = {}
-        for procs in (1, 2):
+        for procs in (2,) if a.skip_one else (1, 2):
             for rank, r in enumerate(spawn(a, procs, model, tmp / "data", tmp)):
                 label = "1 process" if procs == 1 else f"FSDP2 2p, rank {rank}"
                 added = r["peak_mb"] - r["start_mb"]
@@ -149,6 +158,8 @@ def main() -> int:
                 print(f"{label:<18} {row}")
                 peaks.setdefault(procs, []).append((r["peak_mb"], added))
                 peaks.setdefault(-procs, []).append(r["state_mb"])
+        if a.skip_one:
+            return 0
         one, two = peaks[1][0], max(peaks[2])
         whole, training = two[0] / one[0], two[1] / one[1]
         state = max(peaks[-2]) / peaks[-1][0]

@@ -107,6 +107,23 @@ def test_lora_save_merged_and_unmerged(tiny_dir: Path, tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kept", "merged"]
 
 
+def test_load_without_weights_builds_the_same_model_on_the_meta_device(
+    tiny_dir: Path, tmp_path: Path
+) -> None:
+    """``weights=False`` (FSDP2 rank-0 loading): the same parameter names, shapes and dtypes, its
+    saved adapter attached, nothing read into memory; the tied head stays tied."""
+    bb = Backbone.load(tiny_dir, device="cpu")
+    bb.add_lora(r=4, alpha=8)
+    saved = bb.save(tmp_path / "kept", merge_lora=False)
+    real, meta = Backbone.load(saved, device="cpu"), Backbone.load(saved, device="cpu", weights=False)
+    frozen = Backbone.load(saved, device="cpu", weights=False, trainable_adapter=False)
+    assert frozen.num_parameters(trainable_only=True) == 0
+    shapes = {n: (p.shape, p.dtype, p.requires_grad) for n, p in real.model.named_parameters()}
+    assert shapes == {n: (p.shape, p.dtype, p.requires_grad) for n, p in meta.model.named_parameters()}
+    assert meta.has_lora and all(p.is_meta for p in meta.model.parameters())
+    assert meta.model.get_output_embeddings().weight is meta.model.get_input_embeddings().weight
+
+
 def test_fp32_master_weights_with_bf16_compute(tiny_dir: Path) -> None:
     bb = Backbone.load(tiny_dir, dtype="float32", compute_dtype="bfloat16", device="cpu")
     assert bb.param_dtype == torch.float32 and bb.compute_dtype == torch.bfloat16

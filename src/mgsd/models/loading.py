@@ -78,7 +78,7 @@ def load_model(
         raise ValueError(f"cannot load model {source}: {reason}") from None
     adapter = Path(source) / ADAPTER_DIR
     if (adapter / "adapter_config.json").is_file():
-        model = lora_lib.load_adapter(model, str(adapter), trainable=trainable_adapter)
+        model = lora_lib.load_adapter(model, str(adapter), trainable=trainable_adapter, weights=weights)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if weights:

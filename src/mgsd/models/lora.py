@@ -69,10 +69,17 @@ def add_lora(
         return get_peft_model(model, config)
 
 
-def load_adapter(model: nn.Module, adapter_dir: str, trainable: bool = True) -> PeftModel:
-    """Attach a saved LoRA adapter to ``model``."""
+def load_adapter(
+    model: nn.Module, adapter_dir: str, trainable: bool = True, weights: bool = True
+) -> PeftModel:
+    """Attach a saved LoRA adapter to ``model``; ``weights=False``: its modules from its config alone,
+    nothing read (a meta-device model, whose weights arrive from FSDP2's rank 0)."""
     with quiet_peft():
-        return PeftModel.from_pretrained(model, adapter_dir, is_trainable=trainable)
+        if weights:
+            return PeftModel.from_pretrained(model, adapter_dir, is_trainable=trainable)
+        config = LoraConfig.from_pretrained(adapter_dir)
+        config.inference_mode = not trainable
+        return get_peft_model(model, config)
 
 
 def save_adapter(
