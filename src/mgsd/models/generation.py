@@ -212,6 +212,24 @@ def decode_shrinking(
     model, stop_set = bb.model, {int(t) for t in stops}
     never = bb._never_sample().to(ctx.device)
     ctx, out, pos, cache_arg = _prefill(bb, ctx, never.tolist() if share_prefix else None)
+    with decode_threads(model):
+        return _decode(bb, ctx, out, pos, cache_arg, never, max_new_tokens, stop_set, choose, logprobs)
+
+
+def _decode(
+    bb: ModelParts,
+    ctx: Context,
+    out: Any,
+    pos: torch.Tensor,
+    cache_arg: str,
+    never: torch.Tensor,
+    max_new_tokens: int,
+    stop_set: set[int],
+    choose: Callable[[torch.Tensor, list[int], int], torch.Tensor],
+    logprobs: bool,
+) -> tuple[list[list[int]], list[bool], list[list[float]] | None]:
+    """``decode_shrinking``'s token loop, from the prefill's output."""
+    model = bb.model
     cache, mask = _cache_of(out), ctx.attention_mask
     logits, last = out.logits[:, -1], pos[..., -1:]
     batch = len(ctx)
@@ -253,6 +271,31 @@ def decode_shrinking(
         )
         logits = out.logits[:, -1]
     return seqs, finished, lps if logprobs else None
+
+
+# Below this many parameters a CPU decode step (one token per row) is ~100 tiny ops, each cheaper than
+# waking a second OpenMP thread: under OMP_WAIT_POLICY=PASSIVE (what ``mgsd`` sets) the tiny base's
+# 31-token decode took 0.57 s on 2 threads and 0.25 s on 1; with spinning threads 0.24 s either way.
+ONE_THREAD_DECODE_BELOW = 100_000_000
+
+
+@contextmanager
+def decode_threads(model: Any) -> Iterator[None]:
+    """One intra-op thread for the block when ``model`` is a small model on the CPU (the prefill,
+    training and larger models keep every thread); the thread count is restored after."""
+    threads = torch.get_num_threads()
+    first = next(model.parameters())
+    small = (
+        first.device.type == "cpu" and sum(p.numel() for p in model.parameters()) < ONE_THREAD_DECODE_BELOW
+    )
+    if threads == 1 or not small:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _prefill(bb: ModelParts, ctx: Context, vision_ids: list[int] | None) -> tuple[Context, Any, Any, str]:
