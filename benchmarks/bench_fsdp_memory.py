@@ -22,8 +22,15 @@ of one rank shows where it goes: each FSDP2 backward holds about 90 MB more than
 process peaks at 14.8 GB; the two FSDP2 ranks do not fit beside each other in 24 GB (rank 0 was
 killed by the OOM killer at 12.0 GB resident): every rank loads the whole model before sharding it,
 the root (the tied 151,936 x 2560 embedding / head: 1.6 GB, and its gradient) is gathered whole,
-and rank 0 gathers the full state dict to save it. Loading on rank 0 only (meta-device elsewhere,
-then scattering shards) is the missing piece; not built yet.
+and rank 0 gathers the full state dict to save it.
+With rank-0 loading (``--loading rank0``, the default: accelerate's fsdp_cpu_ram_efficient_loading, on
+in configs/accelerate/fsdp2.yaml; rank 1 builds the model on the meta device), 2026-12-04: small 778 MB
+one process vs 810 / 842 MB per rank (1.08x; the peak is in backward, not at loading); paper-4b one
+process 14.9 GB, and the two ranks still do not fit beside each other in 24 GB, with ``--logit-chunk
+256`` too (rank 0 killed at 12.0 GB during training): each rank's 5.3 GB state shard plus the whole
+tied embedding / head gathered in the root and its unsharded gradient (2 x 1.6 GB), the blocks'
+gathered weights and the activations. A 32 GB machine (or GPUs) is needed to show the paper-shape
+figure.
 
     python benchmarks/bench_fsdp_memory.py [--preset small] [--steps 2]
 """
