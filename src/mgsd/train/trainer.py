@@ -89,11 +89,9 @@ class Trainer:
         self.params = {n: p for n, p in self.bb.model.named_parameters() if p.requires_grad}
         if not self.params:
             raise ValueError("nothing to train: every parameter is frozen")
-        self.teacher: Teacher | None = (
-            make_teacher(cfg, self.bb, self.acc.device, weights=self.engine.reads_weights)
-            if cfg.objective == "opsd"
-            else None
-        )
+        self.teacher: Teacher | None = None
+        if cfg.objective == "opsd":
+            self.teacher = make_teacher(cfg, self.bb, self.acc.device, weights=self.engine.reads_weights)
         self.engine.wrap_teacher(self.teacher, self.bb)
         self.dense = make_dense(cfg, self.bb, self.acc.device)
         if (
