@@ -120,6 +120,9 @@ def _same(a, b, atol):
         ("plan", ["lora.r=0", "logit_chunk=4"], ("fsdp2",)),
         ("opsd", ["lora.r=4", "opsd.teacher=base", "opsd.loss=full", "logit_chunk=4"], ("ddp", "fsdp2")),
         ("opsd", ["lora.r=0", "opsd.teacher=init", "opsd.loss=full", "logit_chunk=4"], ("fsdp2",)),
+        # The EMA teacher: sharded like the student, averaged shard by shard, gathered whole into
+        # every checkpoint (save_every=1: each step's checkpoint is a collective).
+        ("opsd", ["lora.r=0", "opsd.teacher=ema", "opsd.ema_decay=0.5", "save_every=1"], ("fsdp2-rank0",)),
         # Activations recomputed in backward inside FSDP2's sharded blocks.
         ("opsd", ["lora.r=4", "opsd.teacher=base", "gradient_checkpointing=true"], ("fsdp2",)),
     ],
@@ -130,6 +133,7 @@ def _same(a, b, atol):
         "sft-full-chunked-head",
         "opsd-lora-full-kl-chunked",
         "opsd-full-init-teacher-full-kl-chunked",
+        "opsd-full-ema-teacher",
         "opsd-lora-gradient-checkpointing",
     ],
 )

@@ -15,9 +15,10 @@ version 2 gives ``fsdp2``, any other multi-process launch ``ddp``.
   reduce-scattered as sums (divide factor 1) after every micro-batch, which keeps the unsharded
   gradients out of memory. Every rank must run the same forwards: generation keeps stepping until all
   ranks are done (``Backbone.synced``), and objectives that may give ranks different micro-batch
-  kinds are refused. With accelerate's ``fsdp_cpu_ram_efficient_loading`` (``rank0_loading``) only
-  rank 0 reads the weights; the other ranks build the model on the meta device and receive their
-  shards from rank 0 after sharding, so N ranks do not hold N whole copies while they start.
+  kinds are refused. The EMA teacher is sharded like the student and averaged shard by shard.
+  With accelerate's ``fsdp_cpu_ram_efficient_loading`` (``rank0_loading``) only rank 0 reads the
+  weights; the other ranks build the model on the meta device and receive their shards from rank 0
+  after sharding, so N ranks do not hold N whole copies while they start.
 """
 
 from __future__ import annotations
@@ -66,7 +67,6 @@ def check_config(name: str, cfg: TrainConfig) -> None:
         "objective=pretrain": cfg.objective == "pretrain",
         "dense_weight": cfg.dense_weight > 0,
         "grounding_weight": cfg.grounding_weight > 0,
-        "opsd.teacher=ema": cfg.objective == "opsd" and cfg.opsd.teacher == "ema",
     }
     bad = [k for k, v in why.items() if v]
     if bad:

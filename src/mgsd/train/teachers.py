@@ -23,6 +23,7 @@ from mgsd.models.backbone import Backbone
 from mgsd.models.context import Context
 from mgsd.models.logprobs import TokenLogProbs
 from mgsd.train.config import TrainConfig
+from mgsd.train.engines import full, local, shard_of
 
 _EMA_PREFIX = "ema::"  # the checkpoint's extra tensors: "ema::<parameter name>"
 
@@ -80,14 +81,16 @@ class EMATeacher(ModelTeacher):
         self.decay = decay
 
     def update(self, params: Mapping[str, torch.nn.Parameter]) -> None:
+        # Under FSDP2 teacher and student are sharded alike: each rank averages its own shards.
         d = self.decay
         teacher_params = dict(self.model.model.named_parameters())
         with torch.no_grad():
             for name, p in params.items():
-                teacher_params[name].mul_(d).add_(p.detach(), alpha=1 - d)
+                local(teacher_params[name]).mul_(d).add_(local(p.detach()), alpha=1 - d)
 
     def state(self) -> dict[str, torch.Tensor]:
-        return {f"{_EMA_PREFIX}{k}": v for k, v in self.model.model.named_parameters()}
+        """The whole weights (under FSDP2 gathered: every rank calls this, in the same order)."""
+        return {f"{_EMA_PREFIX}{k}": full(v.detach()) for k, v in self.model.model.named_parameters()}
 
     def load_state(self, extra: Mapping[str, torch.Tensor]) -> None:
         teacher_params = dict(self.model.model.named_parameters())
@@ -95,7 +98,8 @@ class EMATeacher(ModelTeacher):
         with torch.no_grad():
             for name, value in extra.items():
                 if name.startswith(_EMA_PREFIX) and name[n:] in teacher_params:
-                    teacher_params[name[n:]].copy_(value)
+                    p = teacher_params[name[n:]]
+                    p.copy_(shard_of(p, value.to(p.dtype)))
 
 
 def make_teacher(
