@@ -81,6 +81,49 @@ def test_dataset_is_a_hugging_face_parquet_dataset(tmp_path):
     assert json.loads(ds[0]["state"])["grid"]
 
 
+def test_rows_are_written_as_pyarrow_would_write_them_and_bad_values_are_one_line(tmp_path, monkeypatch):
+    """write_rows builds its Arrow columns from buffers (no pandas import): the table equals what
+    pyarrow converts from the same Python values, nulls and chunk boundaries included, and a value of
+    the wrong type is a DataError naming its column."""
+    import pyarrow as pa
+
+    import mgsd.data.io as io
+
+    monkeypatch.setattr(io, "_CHUNK_ROWS", 3)  # several chunks from a few rows
+    rows = [
+        {
+            "id": f"x/{i}",
+            "task": "maze",
+            "level": i - 3,
+            "split": "test",
+            "state": "{}",
+            "image": b"\x89PNG" * i,
+            "optimal_plan": None if i == 4 else "UR" * i,
+            "optimal_length": None if i == 2 else 2 * i,
+            "source": "é" * i,
+        }
+        for i in range(7)
+    ]
+    io.write_rows(rows, tmp_path / "x.parquet")
+    cols = {k: [r[k] for r in rows] for k in io.COLUMNS}
+    cols["image"] = [{"bytes": b, "path": None} for b in cols["image"]]
+    expected = pa.Table.from_pydict(cols, schema=io._schema())
+    assert pq_table(tmp_path / "x.parquet").equals(expected)
+    assert read_rows([tmp_path / "x.parquet"])[4]["optimal_plan"] is None
+    for column, value in (("level", "3"), ("optimal_plan", 5), ("image", "not bytes"), ("level", 2**40)):
+        bad = [dict(rows[0], **{column: value})]
+        with pytest.raises(DataError, match=f"column {column}"):
+            io.write_rows(bad, tmp_path / "bad.parquet")
+    io.write_rows([], tmp_path / "empty.parquet")
+    assert pq_table(tmp_path / "empty.parquet").num_rows == 0
+
+
+def pq_table(path):
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(path).read()
+
+
 def test_dataset_card_declares_every_task_and_split_and_loads_by_config(tmp_path):
     data = tmp_path / "data"
     generate_dataset(get_task("frozenlake"), [3], 4, split="train", seed=1, out=data, progress=False)

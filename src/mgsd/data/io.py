@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
@@ -74,6 +75,60 @@ def png_bytes(image: Image.Image) -> bytes:
     return buf.getvalue()
 
 
+# Rows per Arrow chunk: a binary column's 32-bit offsets cap a chunk at 2 GiB of PNG bytes.
+_CHUNK_ROWS = 2000
+
+
+def _array(values: Sequence[Any], kind: str, column: str) -> pa.Array:
+    """One column of a chunk, built from its buffers: ``pa.array`` on Python objects imports pandas
+    (~0.2 s, longer than writing a few thousand rows) to test for pandas types."""
+    n = len(values)
+    valid = np.array([v is not None for v in values], dtype=bool)
+    nulls = int(n - valid.sum())
+    mask = pa.py_buffer(np.packbits(valid, bitorder="little")) if nulls else None
+    if kind == "int32":
+        if any(not isinstance(v, int) or isinstance(v, bool) for v in values if v is not None):
+            raise DataError(f"column {column} must hold integers")
+        data = np.array([0 if v is None else v for v in values], dtype=np.int64)
+        if n and (data.min() < -(2**31) or data.max() >= 2**31):
+            raise DataError(f"column {column} holds an integer outside int32")
+        return pa.Array.from_buffers(pa.int32(), n, [mask, pa.py_buffer(data.astype(np.int32))], nulls)
+    if kind == "string":
+        if any(not isinstance(v, str) for v in values if v is not None):
+            raise DataError(f"column {column} must hold strings")
+        blobs = [b"" if v is None else v.encode() for v in values]
+    else:
+        if any(not isinstance(v, (bytes, bytearray)) for v in values if v is not None):
+            raise DataError(f"column {column} must hold bytes")
+        blobs = [b"" if v is None else bytes(v) for v in values]
+    offsets = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum([len(b) for b in blobs], out=offsets[1:])
+    data = pa.py_buffer(b"".join(blobs))
+    return pa.Array.from_buffers(
+        pa.string() if kind == "string" else pa.binary(), n, [mask, pa.py_buffer(offsets), data], nulls
+    )
+
+
+def _table(cols: dict[str, list[Any]]) -> pa.Table:
+    """The rows as an Arrow table of ``_schema()``, in chunks of ``_CHUNK_ROWS``."""
+    schema = _schema()
+    image_type = schema.field("image").type
+    n = len(cols["id"])
+    batches = []
+    for start in range(0, n, _CHUNK_ROWS) or [0]:
+        part = {k: v[start : start + _CHUNK_ROWS] for k, v in cols.items()}
+        arrays = []
+        for k, kind in COLUMNS.items():
+            if kind == "image":
+                images = _array(part[k], "binary", k)
+                paths = pa.nulls(len(images), pa.string())
+                arrays.append(pa.StructArray.from_arrays([images, paths], fields=list(image_type)))
+            else:
+                arrays.append(_array(part[k], kind, k))
+        batches.append(pa.RecordBatch.from_arrays(arrays, schema=schema))
+    return pa.Table.from_batches(batches, schema=schema)
+
+
 def write_rows(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path:
     """Write rows (with ``image`` as PNG bytes) to one parquet file, atomically."""
     path = Path(path)
@@ -84,8 +139,8 @@ def write_rows(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path:
         if missing:
             raise DataError(f"row {r.get('id')!r} lacks column(s) {', '.join(missing)}")
         for k in COLUMNS:
-            v = r[k]
-            cols[k].append({"bytes": v, "path": None} if k == "image" else v)
+            cols[k].append(r[k])
+    table = _table(cols)
     # Row groups of 100 rows, as ``datasets`` writes image columns: a reader can stream them. The PNG
     # bytes are stored as they are: a dictionary of them or snappy on deflated data halved the speed
     # of the write for nothing.
@@ -93,7 +148,7 @@ def write_rows(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path:
     return atomic_write(
         path,
         lambda tmp: pq.write_table(
-            pa.Table.from_pydict(cols, schema=_schema()),
+            table,
             tmp,
             row_group_size=100,
             use_dictionary=text,
