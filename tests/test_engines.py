@@ -146,9 +146,14 @@ def test_ddp_and_fsdp2_equal_one_process(setup, tmp_path, objective, extra, engi
         _same(_weights(tmp_path / "one"), _weights(tmp_path / engine), ATOL)
 
 
-def test_fsdp2_kill_9_then_resume_equals_uninterrupted(setup, tmp_path):
+@pytest.mark.parametrize(
+    "extra",
+    [["lora.r=4"], ["lora.r=0", "opsd.teacher=ema", "opsd.ema_decay=0.5"]],
+    ids=["lora-adapter-off-teacher", "full-ema-teacher"],  # the EMA comes back from its checkpoint
+)
+def test_fsdp2_kill_9_then_resume_equals_uninterrupted(setup, tmp_path, extra):
     root, model = setup
-    args = _args(root, model, "opsd", 4, ["lora.r=4", "save_every=1"])
+    args = _args(root, model, "opsd", 4, [*extra, "save_every=1"])
     _two(args, tmp_path / "full", "fsdp2")
     proc = _two(args, tmp_path / "killed", "fsdp2", popen=True)
     deadline = time.time() + 240
