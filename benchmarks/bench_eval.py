@@ -10,7 +10,9 @@ Same tiny model, same held-out samples (image modality), same ``max_new_tokens``
 4. ``evaluate_model`` through ``mgsd serve`` on 127.0.0.1 with the OpenAI client (concurrency B,
    the server batching concurrent requests up to B).
 
-Each run starts from an empty output directory (no cache). Prints samples/s and the ratios.
+Each run starts from an empty output directory (no cache). Prints samples/s and the ratios, and a
+floor: how much cheaper per row the language model's matrix products are at ``--batch`` rows than
+at one (one thread), the ceiling of what batching does to that part of a decode step.
 
     python benchmarks/bench_eval.py [--preset tiny|small | --model DIR] [--per-level 4] [--new-tokens 32]
         [--batch 8]
@@ -45,6 +47,39 @@ def timed(backend: object, data: Path, out: Path, gen: GenerationConfig, batch: 
     t0 = time.perf_counter()
     m = evaluate_model(backend, [data], out, gen=gen, batch_size=batch, progress=False)  # type: ignore[arg-type]
     return m["n"], time.perf_counter() - t0
+
+
+def linear_floor(bb: Backbone, rows: int, repeats: int = 200) -> float:
+    """How much cheaper per row a decode step's matrix products get at ``rows`` rows than at one:
+    the sum over the LM's linear layers (the head included) of rows x time(1 row) / time(rows rows),
+    time-weighted. A batched decode cannot beat per-sample decoding by more than this on its
+    products (the rest of a step, Python and small ops, amortises further)."""
+    import torch.nn.functional as F
+
+    def time_of(x: torch.Tensor, w: torch.Tensor) -> float:
+        for _ in range(10):
+            F.linear(x, w)
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            F.linear(x, w)
+        return (time.perf_counter() - t0) / repeats
+
+    # The language model's linears (the vision tower runs in the prefill only), counted per shape.
+    shapes: dict[tuple[int, ...], list[torch.Tensor]] = {}
+    for name, m in bb.model.named_modules():
+        if isinstance(m, torch.nn.Linear) and "visual" not in name:
+            shapes.setdefault(tuple(m.weight.shape), []).append(m.weight.detach())
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as a small model's decode steps run (models/generation.py)
+    try:
+        one = many = 0.0
+        for ws in shapes.values():
+            k = ws[0].shape[1]
+            one += len(ws) * time_of(torch.randn(1, k), ws[0])
+            many += len(ws) * time_of(torch.randn(rows, k), ws[0])
+    finally:
+        torch.set_num_threads(threads)
+    return rows * one / many
 
 
 def main() -> int:
@@ -107,6 +142,10 @@ def main() -> int:
         print(f"ratio shared prefix once / not {t_whole / t_batched:7.2f}x")
         print(f"local per-sample loop         {n / t_loop:8.2f} samples/s  ({t_loop:.1f} s)")
         print(f"ratio batched / loop          {t_loop / t_batched:8.2f}x")
+        print(
+            f"floor: a linear layer's product costs {linear_floor(bb, args.batch):.1f}x less per row at"
+            f" {args.batch} rows than at 1 (one thread, the LM's shapes: the ceiling of batching on them)"
+        )
 
         if not args.no_api:
             server = MGSDServer(bb, host="127.0.0.1", port=0, served_name="bench", max_batch=args.batch)
