@@ -15,7 +15,10 @@ FrozenLake L6 41/s, Maze L5 356/s, MiniBehaviour L6 203/s. Three parts:
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_data_generation.py [--n 5000] [--repeats 3]
 
-Last measured (2-core AMD EPYC, 2026-12-03, machine quiet during the run, load < 1.1), 5,000 samples,
+Last measured (2-core AMD EPYC with AVX-512, 2026-12-04, quiet), 5,000 samples, whole process, median
+of 3, 1 worker / 2 workers vs the reference: FrozenLake L6 1497/s 36.5x / 1663/s 40.6x; Maze L5 2682/s
+7.5x / 3762/s 10.6x; MiniBehaviour L6 2811/s 13.8x / 3874/s 19.1x; start-up 0.23 s (the writer no longer
+imports pandas). Before (2026-12-03, machine quiet during the run, load < 1.1), 5,000 samples,
 whole process, median of 3, 1 worker / 2 workers vs the reference: FrozenLake L6 979/s 23.9x /
 1187/s 28.9x; Maze L5 1618/s 4.5x / 1748/s 4.9x; MiniBehaviour L6 1737/s 8.6x / 2334/s 11.5x;
 start-up (one sample, whole process) 0.6 s. The code before the fast paths, alternated with it:
