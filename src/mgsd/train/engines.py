@@ -166,9 +166,15 @@ class Engine:
         set_model_state_dict(model, whole, options=opts)
         for buf in model.buffers():
             dist.broadcast(buf, src=0)
-        rng = torch.get_rng_state()
-        dist.broadcast(rng, src=0)
-        torch.set_rng_state(rng)
+        # Through the device (NCCL moves no CPU tensors); CUDA's generator too, which a new adapter's
+        # init on the GPU draws from.
+        cpu_state = torch.get_rng_state().to(self.acc.device)
+        dist.broadcast(cpu_state, src=0)
+        torch.set_rng_state(cpu_state.cpu())
+        if torch.cuda.is_available():
+            cuda_state = torch.cuda.get_rng_state().to(self.acc.device)
+            dist.broadcast(cuda_state, src=0)
+            torch.cuda.set_rng_state(cuda_state.cpu())
         left = [n for n, p in model.named_parameters() if p.is_meta or local(p).is_meta]
         if left:
             raise RuntimeError(f"fsdp2 rank-0 loading left {left[0]} without weights")
