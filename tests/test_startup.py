@@ -17,7 +17,8 @@ try:
 except SystemExit as e:
     rc = e.code
 print("RC", rc)
-print("HEAVY", sorted(m for m in ("torch", "transformers", "matplotlib", "datasets", "pandas") if m in sys.modules))
+HEAVY = ("torch", "transformers", "matplotlib", "datasets", "pandas")
+print("HEAVY", sorted(m for m in HEAVY if m in sys.modules))
 """
 
 
