@@ -76,8 +76,10 @@ class LocalBackend:
         self.bb = backbone
         self.batch_size = batch_size
         self.name = name
-        self.shrink = shrink  # greedy: finished rows leave the batch (Backbone.generate); same tokens
-        self.share_prefix = share_prefix  # greedy: the rows' common prefix prefilled once; same tokens
+        # Finished rows leave the batch and the rows' common prefix is prefilled once
+        # (Backbone.generate): the same tokens, greedy or sampled for a seed.
+        self.shrink = shrink
+        self.share_prefix = share_prefix
         # The weights' content, so cached answers of other (e.g. retrained) weights at the same path
         # are never reused; a backbone built in memory has none.
         self.weights: str | None = None
